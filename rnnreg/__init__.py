@@ -1,0 +1,16 @@
+"""rnnreg: the Penn Treebank comparisons of LSTM dropout variants, under one roof."""
+
+from pathlib import Path
+
+__version__ = "0.1.0"
+
+#: The repository root (``conf/``, ``data/`` and ``outputs/`` live here).
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class RnnregError(Exception):
+    """A user-facing error: its message is one line that says what to do.
+
+    The entry points print ``rnnreg: error: <message>`` and exit with status 2
+    instead of showing a traceback.
+    """

@@ -1,0 +1,247 @@
+"""Typed configuration schemas, registered in Hydra's ConfigStore.
+
+The YAML files under ``conf/`` are merged into these dataclasses, so a key that
+does not exist (a typo) or a value of the wrong type fails at start-up, and the
+range checks in ``__post_init__`` run when :func:`to_run_config` turns the
+composed config into objects.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from enum import Enum
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from rnnreg import PROJECT_ROOT, RnnregError
+from rnnreg.regularizers.masks import Granularity
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class Progress(str, Enum):
+    """``auto`` shows tqdm bars only when stderr is a terminal."""
+
+    auto = "auto"
+    bar = "bar"
+    log = "log"
+
+
+def _check_rate(owner: str, name: str, value: float) -> None:
+    if not 0.0 <= value < 1.0:
+        raise RnnregError(
+            f"{owner}.{name}={value} is not a probability in [0, 1); "
+            f"set it to a value such as 0.5 (0 disables it)"
+        )
+
+
+def _check_positive(owner: str, name: str, value: float, allow_zero: bool = False) -> None:
+    if value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise RnnregError(f"{owner}.{name}={value} must be {bound}")
+
+
+@dataclass
+class DatasetConfig:
+    """Where a corpus lives on disk and where to fetch it when it does not."""
+
+    name: str = MISSING
+    #: Root holding ``<subdir>/<files>``; default ``$RNNREG_DATA_DIR`` or ``<repo>/data``.
+    data_dir: str = "${oc.env:RNNREG_DATA_DIR,${rnnreg.root:data}}"
+    #: Tokenized-corpus cache (a data_dir may be read-only, as ``../shared/data`` is).
+    cache_dir: str = "${oc.env:RNNREG_CACHE_DIR,${rnnreg.root:data/cache}}"
+    subdir: str = MISSING
+    #: File name of a split; ``{split}`` is one of train, valid, test.
+    file_pattern: str = MISSING
+    #: Hugging Face fallback for users who are online.
+    hf_path: str = MISSING
+    hf_name: str | None = None
+    hf_revision: str | None = None
+    hf_column: str = MISSING
+    #: Hugging Face split names for train, valid, test.
+    hf_splits: list[str] = field(default_factory=lambda: ["train", "validation", "test"])
+
+
+@dataclass
+class ModelConfig:
+    """An embedding, a stack of single-layer LSTMs and a linear decoder."""
+
+    name: str = MISSING
+    vocab_size: int | None = None  # taken from the corpus; set only to assert it
+    embedding_size: int = 200
+    hidden_size: int = 200
+    num_layers: int = 2
+    #: Every parameter, biases included, is drawn from U(-init_range, init_range).
+    init_range: float = 0.1
+    tie_weights: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("embedding_size", "hidden_size", "num_layers"):
+            _check_positive("model", name, getattr(self, name))
+        _check_positive("model", "init_range", self.init_range, allow_zero=True)
+        if self.tie_weights and self.embedding_size != self.hidden_size:
+            raise RnnregError(
+                "model.tie_weights=true needs model.embedding_size == model.hidden_size "
+                f"(got {self.embedding_size} and {self.hidden_size})"
+            )
+
+
+@dataclass
+class VariantConfig:
+    """Which dropout masks go where, at which rate and granularity (SPEC, "The variants").
+
+    Rates are named by what they drop: ``p_input`` the embedding output entering
+    layer 1, ``p_between`` each layer's output entering the next layer,
+    ``p_output`` the last layer's output entering the decoder.
+    """
+
+    name: str = "none"
+    p_input: float = 0.0
+    p_between: float = 0.0
+    p_output: float = 0.0
+    #: Granularity of the masks outside the recurrence (input, between, output).
+    activation_granularity: Granularity = Granularity.step
+    #: Scale kept units by 1/(1-p) during training (inverted dropout).
+    scale: bool = True
+
+    def __post_init__(self) -> None:
+        for name in self.rate_names():
+            _check_rate("variant", name, getattr(self, name))
+
+    @classmethod
+    def rate_names(cls) -> list[str]:
+        return [f.name for f in fields(cls) if f.name.startswith("p_")]
+
+    def rates(self) -> dict[str, float]:
+        return {name: getattr(self, name) for name in self.rate_names()}
+
+
+@dataclass
+class OptimConfig:
+    """SGD with Zaremba's schedule: lr_e = lr / lr_decay_factor^max(0, e - decay_after_epoch).
+
+    ``e`` counts epochs from 1, so the first ``decay_after_epoch`` epochs run at ``lr``.
+    """
+
+    name: str = "sgd"
+    lr: float = 1.0
+    lr_decay_factor: float = 1.0
+    decay_after_epoch: int = 0
+    #: Clip the global gradient norm to this value; 0 disables clipping.
+    clip_grad_norm: float = 5.0
+    weight_decay: float = 0.0
+    #: Sum the per-step batch-mean loss over the BPTT steps (the papers' convention),
+    #: i.e. backpropagate ``bptt x`` the token-mean cross-entropy.
+    loss_sum_over_time: bool = True
+
+    def __post_init__(self) -> None:
+        _check_positive("optim", "lr", self.lr)
+        if self.lr_decay_factor < 1.0:
+            raise RnnregError(
+                f"optim.lr_decay_factor={self.lr_decay_factor} must be >= 1 "
+                "(the learning rate is divided by it)"
+            )
+        _check_positive("optim", "clip_grad_norm", self.clip_grad_norm, allow_zero=True)
+        _check_positive("optim", "weight_decay", self.weight_decay, allow_zero=True)
+
+
+@dataclass
+class TrainerConfig:
+    epochs: int = 13
+    #: Stop after this many optimizer steps (still evaluate and write everything).
+    max_steps: int | None = None
+    batch_size: int = 20
+    bptt: int = 20
+    device: Device = Device.auto
+    #: Continue the run found in the run directory (``hydra.run.dir=<dir>``).
+    resume: bool = False
+    #: torch intra-op threads; 0 keeps torch's default.
+    threads: int = 0
+    #: Also checkpoint inside an epoch at most this often (seconds; 0: epoch ends only).
+    checkpoint_every_s: float = 600.0
+    log_every_steps: int = 200
+    progress: Progress = Progress.auto
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "bptt"):
+            _check_positive("trainer", name, getattr(self, name))
+        if self.max_steps is not None:
+            _check_positive("trainer", "max_steps", self.max_steps)
+        _check_positive("trainer", "threads", self.threads, allow_zero=True)
+
+
+@dataclass
+class EvalConfig:
+    """Perplexity = exp(mean NLL over every predicted token of a split, each once)."""
+
+    #: Validation is batched like training, as in the papers.
+    batch_size: int = 20
+    #: Test is one sequential stream, as in the papers.
+    test_batch_size: int = 1
+    #: BPTT window for evaluation (only speed depends on it; state is carried).
+    bptt: int = 35
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "test_batch_size", "bptt"):
+            _check_positive("eval", name, getattr(self, name))
+
+
+@dataclass
+class RunConfig:
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    variant: VariantConfig = field(default_factory=VariantConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    seed: int = 1
+
+
+#: The config groups users choose from (``group=option``), one per concern.
+GROUPS = ("dataset", "model", "variant", "optim", "experiment")
+CONF_DIR = PROJECT_ROOT / "conf"
+
+
+def _root_resolver(relative: str = "") -> str:
+    return str(PROJECT_ROOT / relative) if relative else str(PROJECT_ROOT)
+
+
+def register() -> None:
+    """Register the schema and the ``${rnnreg.root:...}`` resolver (idempotent)."""
+    if not OmegaConf.has_resolver("rnnreg.root"):
+        OmegaConf.register_new_resolver("rnnreg.root", _root_resolver)
+    ConfigStore.instance().store(name="base_config", node=RunConfig)
+
+
+def to_run_config(cfg: DictConfig) -> RunConfig:
+    """Resolve ``cfg`` and build the dataclasses, running their range checks."""
+    try:
+        run = OmegaConf.to_object(cfg)
+    except OmegaConfBaseException as exc:
+        raise RnnregError(f"invalid configuration: {str(exc).splitlines()[0]}") from exc
+    if not isinstance(run, RunConfig):  # a plain dict: the schema was not used
+        raise RnnregError("configuration was not composed from rnnreg's schema (base_config)")
+    return run
+
+
+def group_options(group: str, conf_dir: os.PathLike[str] | str = CONF_DIR) -> list[str]:
+    """The option names available in a config group (the YAML files of ``conf/<group>``)."""
+    directory = os.path.join(conf_dir, group)
+    if not os.path.isdir(directory):
+        return []
+    return sorted(f[:-5] for f in os.listdir(directory) if f.endswith(".yaml"))
+
+
+def as_plain_dict(run: RunConfig) -> dict[str, Any]:
+    """The resolved config as plain Python types (for checkpoints and summaries)."""
+    container = OmegaConf.to_container(OmegaConf.structured(run), resolve=True, enum_to_str=True)
+    assert isinstance(container, dict)
+    return container  # type: ignore[return-value]

@@ -1,0 +1,487 @@
+"""The training loop: epochs of BPTT windows, validation, checkpoints, resume, records.
+
+Per window of length L the loss is the papers' convention,
+
+    loss = Σ_{t=1..L} (1/B) Σ_b -log p(w_{t+1,b} | w_{≤t,b})   (= L · token-mean NLL),
+
+followed by global-norm clipping and an SGD step; the hidden state is carried to the
+next window, detached, and reset at every epoch.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from rnnreg import RnnregError
+from rnnreg.config import Device, Progress, RunConfig, as_plain_dict
+from rnnreg.data import Corpus, batchify, load_corpus, num_windows, windows
+from rnnreg.evaluate import evaluate
+from rnnreg.model import LanguageModel, State, count_parameters, detach_state
+from rnnreg.optim import build_optimizer
+from rnnreg.records import (
+    MetricsCsv,
+    TensorBoard,
+    git_commit,
+    load_checkpoint,
+    save_checkpoint,
+    write_summary,
+)
+
+log = logging.getLogger(__name__)
+
+LAST = "last.pt"
+BEST = "best.pt"
+
+
+def select_device(requested: Device) -> torch.device:
+    if requested is Device.cuda and not torch.cuda.is_available():
+        raise RnnregError(
+            "trainer.device=cuda but no CUDA device is visible; use trainer.device=auto"
+        )
+    if requested is Device.auto:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(requested.value)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)  # seeds every CUDA device too
+
+
+def _rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class StopRequest:
+    """Set by SIGINT/SIGTERM; the loop stops at the next step boundary and checkpoints."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+
+    def __bool__(self) -> bool:
+        return self.signal is not None
+
+    @contextmanager
+    def installed(self) -> Iterator[None]:
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+
+        def handler(signum: int, frame: object) -> None:
+            if self.signal is not None:  # a second signal: stop now
+                raise KeyboardInterrupt
+            self.signal = signum
+            log.warning(
+                "%s received: stopping at the end of this step", signal.Signals(signum).name
+            )
+
+        for sig in previous:
+            signal.signal(sig, handler)
+        try:
+            yield
+        finally:
+            for sig, old in previous.items():
+                signal.signal(sig, old)
+
+
+class Trainer:
+    """Trains one run in ``run_dir``; :meth:`fit` returns the summary it writes."""
+
+    def __init__(
+        self,
+        run: RunConfig,
+        run_dir: Path,
+        corpus: Corpus | None = None,
+        labels: dict[str, Any] | None = None,
+    ) -> None:
+        self.run = run
+        self.labels = dict(labels or {})
+        self.run_dir = run_dir
+        self.ckpt_dir = run_dir / "checkpoints"
+        self.device = select_device(run.trainer.device)
+        if run.trainer.threads:
+            torch.set_num_threads(run.trainer.threads)
+        self.corpus = corpus if corpus is not None else load_corpus(run.dataset)
+        if run.model.vocab_size is not None and run.model.vocab_size != self.corpus.vocab_size:
+            raise RnnregError(
+                f"model.vocab_size={run.model.vocab_size} but the corpus has "
+                f"{self.corpus.vocab_size} words; remove the override"
+            )
+        seed_everything(run.seed)
+        self.model = LanguageModel(self.corpus.vocab_size, run.model, run.variant).to(self.device)
+        self.optimizer, self.schedule = build_optimizer(run.optim, self.model.parameters())
+        t = run.trainer
+        self.train_data = batchify(self.corpus.train, t.batch_size).to(self.device)
+        self.valid_data = batchify(self.corpus.valid, run.eval.batch_size).to(self.device)
+        self.test_data = batchify(self.corpus.test, run.eval.test_batch_size).to(self.device)
+        self.windows_per_epoch = num_windows(self.train_data, t.bptt)
+        self.stop = StopRequest()
+        # Progress, restored from a checkpoint on resume.
+        self.epochs_done = 0
+        self.window = 0
+        self.step = 0
+        self.state: State | None = None
+        self.epoch_nll = 0.0
+        self.epoch_tokens = 0
+        self.epoch_seconds = 0.0
+        self.train_seconds = 0.0
+        self.train_tokens = 0
+        self.elapsed_before = 0.0
+        self.best_val_ppl = math.inf
+        self.best_epoch = 0
+        self.start_time = time.monotonic()
+
+    # --- checkpoints ------------------------------------------------------------------
+
+    def _elapsed(self) -> float:
+        return self.elapsed_before + time.monotonic() - self.start_time
+
+    def _checkpoint_state(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "rng": _rng_state(),
+            "epochs_done": self.epochs_done,
+            "window": self.window,
+            "hidden": None if self.state is None else [list(hc) for hc in self.state],
+            "epoch_nll": self.epoch_nll,
+            "epoch_tokens": self.epoch_tokens,
+            "epoch_seconds": self.epoch_seconds,
+            "step": self.step,
+            "train_seconds": self.train_seconds,
+            "train_tokens": self.train_tokens,
+            "elapsed_s": self._elapsed(),
+            "best_val_ppl": self.best_val_ppl,
+            "best_epoch": self.best_epoch,
+            "config": as_plain_dict(self.run),
+        }
+
+    def save(self) -> None:
+        save_checkpoint(self.ckpt_dir / LAST, self._checkpoint_state())
+
+    def restore(self) -> None:
+        path = self.ckpt_dir / LAST
+        if not path.exists():
+            raise RnnregError(
+                f"trainer.resume=true but {self.run_dir} has no checkpoint; pass the run's "
+                "directory as hydra.run.dir=<dir>, or drop trainer.resume to start anew"
+            )
+        ckpt = load_checkpoint(path, map_location=self.device)
+        try:
+            self.model.load_state_dict(ckpt["model"])
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+            self.schedule.load_state_dict(ckpt["schedule"])
+        except (RuntimeError, ValueError, KeyError) as exc:
+            raise RnnregError(
+                f"checkpoint {path} does not fit this configuration ({str(exc).splitlines()[0]}); "
+                "resume with the run's own config (see its .hydra/overrides.yaml)"
+            ) from exc
+        _set_rng_state(ckpt["rng"])
+        for key in (
+            "epochs_done",
+            "window",
+            "epoch_nll",
+            "epoch_tokens",
+            "epoch_seconds",
+            "step",
+            "train_seconds",
+            "train_tokens",
+            "best_val_ppl",
+            "best_epoch",
+        ):
+            setattr(self, key, ckpt[key])
+        self.elapsed_before = ckpt["elapsed_s"]
+        hidden = ckpt["hidden"]
+        self.state = None if hidden is None else [(h, c) for h, c in hidden]
+        log.info(
+            "resumed from %s: %d epochs done, window %d, step %d",
+            path,
+            self.epochs_done,
+            self.window,
+            self.step,
+        )
+
+    # --- the loop -----------------------------------------------------------------------
+
+    def _lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
+    def _show_bar(self) -> bool:
+        mode = self.run.trainer.progress
+        return mode is Progress.bar or (mode is Progress.auto and sys.stderr.isatty())
+
+    def _train_step(self, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[float, float]:
+        """One optimizer step on a window; returns (summed token NLL, gradient norm)."""
+        assert self.state is not None
+        logits, state = self.model(inputs, self.state)
+        self.state = detach_state(state)
+        nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1))
+        loss = nll * inputs.size(0) if self.run.optim.loss_sum_over_time else nll
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        max_norm = self.run.optim.clip_grad_norm or math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+        value = nll.item()
+        if not math.isfinite(value):
+            return value, float(grad_norm)
+        self.optimizer.step()
+        return value * targets.numel(), float(grad_norm)
+
+    def _run_epoch(self, tb: TensorBoard) -> str:
+        """Train the rest of the current epoch.
+
+        Returns ``done``, ``max_steps``, ``stopped`` (a signal) or ``diverged``.
+        """
+        t = self.run.trainer
+        epoch = self.epochs_done + 1
+        if self.window == 0:
+            self.state = self.model.init_state(t.batch_size)
+            self.epoch_nll, self.epoch_tokens, self.epoch_seconds = 0.0, 0, 0.0
+        self.model.train()
+        last_checkpoint = time.monotonic()
+        bar = None
+        if self._show_bar():
+            bar = tqdm(
+                total=self.windows_per_epoch,
+                initial=self.window,
+                desc=f"epoch {epoch}",
+                unit="win",
+                dynamic_ncols=True,
+                leave=False,
+            )
+        interval_nll, interval_tokens, interval_start = 0.0, 0, time.monotonic()
+        try:
+            for index, inputs, targets in windows(self.train_data, t.bptt, self.window):
+                started = time.monotonic()
+                nll_sum, grad_norm = self._train_step(inputs, targets)
+                if not math.isfinite(nll_sum):
+                    log.error(
+                        "training diverged at epoch %d, step %d (loss %s); the last good "
+                        "checkpoint is %s; try a smaller optim.lr or optim.clip_grad_norm",
+                        epoch,
+                        self.step + 1,
+                        nll_sum,
+                        self.ckpt_dir / LAST,
+                    )
+                    return "diverged"
+                seconds = time.monotonic() - started
+                self.step += 1
+                self.window = index + 1
+                n = targets.numel()
+                self.epoch_nll += nll_sum
+                self.epoch_tokens += n
+                self.epoch_seconds += seconds
+                self.train_seconds += seconds
+                self.train_tokens += n
+                interval_nll += nll_sum
+                interval_tokens += n
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(ppl=f"{math.exp(self.epoch_nll / self.epoch_tokens):.1f}")
+                if self.step % t.log_every_steps == 0:
+                    rate = interval_tokens / max(time.monotonic() - interval_start, 1e-9)
+                    ppl = math.exp(interval_nll / interval_tokens)
+                    tb.scalars(
+                        self.step,
+                        {
+                            "train/loss": interval_nll / interval_tokens,
+                            "train/ppl": ppl,
+                            "train/grad_norm": grad_norm,
+                            "train/lr": self._lr(),
+                            "train/tokens_per_s": rate,
+                        },
+                    )
+                    if bar is None:
+                        log.info(
+                            "epoch %d  window %d/%d  step %d  lr %.4g  ppl %.2f  %.0f tok/s",
+                            epoch,
+                            self.window,
+                            self.windows_per_epoch,
+                            self.step,
+                            self._lr(),
+                            ppl,
+                            rate,
+                        )
+                    interval_nll, interval_tokens, interval_start = 0.0, 0, time.monotonic()
+                if t.max_steps is not None and self.step >= t.max_steps:
+                    return "max_steps"
+                if self.stop:
+                    return "stopped"
+                if (
+                    t.checkpoint_every_s
+                    and self.window < self.windows_per_epoch
+                    and time.monotonic() - last_checkpoint >= t.checkpoint_every_s
+                ):
+                    self.save()
+                    last_checkpoint = time.monotonic()
+        finally:
+            if bar is not None:
+                bar.close()
+        return "done"
+
+    def _end_epoch(self, tb: TensorBoard, metrics: MetricsCsv) -> float:
+        """Validate, record the epoch, keep the best weights, checkpoint; returns val ppl."""
+        epoch = self.epochs_done + 1
+        val = evaluate(self.model, self.valid_data, self.run.eval.bptt)
+        train_ppl = math.exp(self.epoch_nll / max(self.epoch_tokens, 1))
+        rate = self.epoch_tokens / max(self.epoch_seconds, 1e-9)
+        lr = self._lr()
+        metrics.append(
+            {
+                "epoch": epoch,
+                "step": self.step,
+                "lr": lr,
+                "train_ppl": round(train_ppl, 4),
+                "val_ppl": round(val.perplexity, 4),
+                "tokens_per_s": round(rate, 1),
+                "elapsed_s": round(self._elapsed(), 1),
+            }
+        )
+        tb.scalars(
+            self.step,
+            {
+                "epoch/train_ppl": train_ppl,
+                "val/ppl": val.perplexity,
+                "val/loss": val.loss,
+                "epoch/lr": lr,
+                "epoch/tokens_per_s": rate,
+                "epoch/epoch": epoch,
+            },
+        )
+        tb.flush()
+        log.info(
+            "epoch %d done: lr %.4g  train ppl %.2f  val ppl %.2f  %.0f tok/s",
+            epoch,
+            lr,
+            train_ppl,
+            val.perplexity,
+            rate,
+        )
+        if val.perplexity < self.best_val_ppl:
+            self.best_val_ppl, self.best_epoch = val.perplexity, epoch
+            save_checkpoint(
+                self.ckpt_dir / BEST,
+                {
+                    "model": self.model.state_dict(),
+                    "epoch": epoch,
+                    "val_ppl": val.perplexity,
+                    "config": as_plain_dict(self.run),
+                },
+            )
+        self.epochs_done = epoch
+        self.window = 0
+        self.state = None
+        self.schedule.step()
+        self.save()
+        return val.perplexity
+
+    def _test(self) -> float:
+        best = self.ckpt_dir / BEST
+        if best.exists():
+            self.model.load_state_dict(load_checkpoint(best, map_location=self.device)["model"])
+        result = evaluate(self.model, self.test_data, self.run.eval.bptt)
+        return result.perplexity
+
+    def fit(self) -> dict[str, Any]:
+        """Train (or resume) to the end; write ``summary.json``; return the summary."""
+        t = self.run.trainer
+        if t.resume:
+            self.restore()
+        elif (self.ckpt_dir / LAST).exists():
+            raise RnnregError(
+                f"{self.run_dir} already holds a run; add trainer.resume=true to continue it, "
+                "or choose another hydra.run.dir"
+            )
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        metrics = MetricsCsv(self.run_dir / "metrics.csv")
+        if t.resume:
+            metrics.truncate_after(self.epochs_done)
+        tb = TensorBoard(self.run_dir / "tb", purge_step=self.step if t.resume else None)
+        self._write_summary("running", None)
+        outcome = "done"
+        try:
+            with self.stop.installed():
+                while self.epochs_done < t.epochs and not (
+                    t.max_steps is not None and self.step >= t.max_steps
+                ):
+                    outcome = self._run_epoch(tb)
+                    if outcome in ("stopped", "diverged"):
+                        break
+                    self._end_epoch(tb, metrics)
+                    if outcome == "max_steps":
+                        break
+            if outcome == "stopped":
+                self.save()
+                log.warning(
+                    "interrupted; resume with: trainer.resume=true hydra.run.dir=%s", self.run_dir
+                )
+                return self._write_summary("interrupted", None)
+            if outcome == "diverged":
+                return self._write_summary("diverged", None)
+            test_ppl = self._test()
+            tb.scalars(self.step, {"test/ppl": test_ppl})
+            log.info(
+                "best val ppl %.2f (epoch %d), test ppl %.2f",
+                self.best_val_ppl,
+                self.best_epoch,
+                test_ppl,
+            )
+            return self._write_summary("completed", test_ppl)
+        finally:
+            tb.close()
+
+    def _write_summary(self, status: str, test_ppl: float | None) -> dict[str, Any]:
+        run = self.run
+        summary = {
+            "status": status,
+            **self.labels,
+            "dataset": run.dataset.name,
+            "model": run.model.name,
+            "variant": run.variant.name,
+            "seed": run.seed,
+            "dropout": run.variant.rates(),
+            "activation_granularity": run.variant.activation_granularity.value,
+            "params": count_parameters(self.model),
+            "epochs": self.epochs_done,
+            "epochs_planned": run.trainer.epochs,
+            "steps": self.step,
+            "best_val_ppl": None if math.isinf(self.best_val_ppl) else self.best_val_ppl,
+            "best_epoch": self.best_epoch,
+            "test_ppl": test_ppl,
+            "tokens_per_s": self.train_tokens / self.train_seconds if self.train_seconds else None,
+            "wall_time_s": self._elapsed(),
+            "torch_version": torch.__version__,
+            "device": str(self.device),
+            "git_commit": git_commit(),
+            "run_dir": str(self.run_dir),
+            "config": as_plain_dict(run),
+        }
+        write_summary(self.run_dir / "summary.json", summary)
+        return summary

@@ -1,0 +1,164 @@
+"""Corpus loading, the hub fallback, the cache, batching and BPTT windows."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from rnnreg import RnnregError, data
+from rnnreg.config import DatasetConfig
+from tests.conftest import SHARED_DATA, write_tiny_corpus
+
+
+def dataset_config(data_dir: Path, cache_dir: Path, name: str = "ptb") -> DatasetConfig:
+    if name == "ptb":
+        return DatasetConfig(
+            name="ptb",
+            data_dir=str(data_dir),
+            cache_dir=str(cache_dir),
+            subdir="ptb",
+            file_pattern="ptb.{split}.txt",
+            hf_path="ptb-text-only/ptb_text_only",
+            hf_revision="refs/convert/parquet",
+            hf_column="sentence",
+        )
+    return DatasetConfig(
+        name="wikitext2",
+        data_dir=str(data_dir),
+        cache_dir=str(cache_dir),
+        subdir="wikitext-2",
+        file_pattern="wiki.{split}.tokens",
+        hf_path="Salesforce/wikitext",
+        hf_name="wikitext-2-v1",
+        hf_column="text",
+    )
+
+
+@pytest.mark.skipif(
+    not (SHARED_DATA / "ptb" / "ptb.train.txt").is_file(),
+    reason="real PTB not found at ../shared/data/ptb (CI provides it)",
+)
+def test_real_ptb_has_the_published_sizes(tmp_path: Path) -> None:
+    corpus = data.load_corpus(dataset_config(SHARED_DATA, tmp_path / "cache"))
+    assert corpus.vocab_size == 10_000
+    assert (corpus.train.numel(), corpus.valid.numel(), corpus.test.numel()) == (
+        929_589,
+        73_760,
+        82_430,
+    )
+    assert corpus.vocab[int(corpus.train[-1])] == "<eos>"
+
+
+def test_every_line_ends_with_eos_and_vocab_comes_from_train(tiny_data: Path, tmp_path: Path):
+    corpus = data.load_corpus(dataset_config(tiny_data, tmp_path / "cache"))
+    train_lines = (tiny_data / "ptb" / "ptb.train.txt").read_text().splitlines()
+    expected_words = sum(len(line.split()) + 1 for line in train_lines)
+    assert corpus.train.numel() == expected_words
+    eos = corpus.vocab.index("<eos>")
+    assert int((corpus.train == eos).sum()) == len(train_lines)
+    train_words = {w for line in train_lines for w in line.split()} | {"<eos>"}
+    assert set(corpus.vocab) == train_words
+    # most frequent first
+    counts = torch.bincount(corpus.train, minlength=corpus.vocab_size)
+    assert torch.all(counts[:-1] >= counts[1:])
+
+
+def test_wikitext_blank_lines_become_eos(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    write_tiny_corpus(root, name="wikitext2")
+    corpus = data.load_corpus(dataset_config(root, tmp_path / "cache", name="wikitext2"))
+    lines = (root / "wikitext-2" / "wiki.valid.tokens").read_text().split("\n")[:-1]
+    assert corpus.valid.numel() == sum(len(line.split()) + 1 for line in lines)
+    # " = Heading = " then a blank line: = Heading = <eos> <eos>
+    assert corpus.vocab[int(corpus.valid[3])] == "<eos>"
+    assert corpus.vocab[int(corpus.valid[4])] == "<eos>"
+
+
+def test_second_load_comes_from_the_cache(tiny_data: Path, tmp_path: Path, monkeypatch):
+    cfg = dataset_config(tiny_data, tmp_path / "cache")
+    first = data.load_corpus(cfg)
+    assert len(list((tmp_path / "cache").glob("ptb-*.pt"))) == 1
+
+    def no_tokenizing(paths):
+        raise AssertionError("the cache was not used")
+
+    monkeypatch.setattr(data, "_tokenize_files", no_tokenizing)
+    second = data.load_corpus(cfg)
+    assert torch.equal(first.train, second.train) and first.vocab == second.vocab
+
+
+def test_cache_is_keyed_by_content(tiny_data: Path, tmp_path: Path) -> None:
+    cfg = dataset_config(tiny_data, tmp_path / "cache")
+    first = data.load_corpus(cfg)
+    train = tiny_data / "ptb" / "ptb.train.txt"
+    train.write_text(train.read_text() + " a brand new line \n")
+    second = data.load_corpus(cfg)
+    assert second.train.numel() == first.train.numel() + 5
+    assert "brand" in second.vocab
+
+
+def test_corrupt_cache_is_rebuilt(tiny_data: Path, tmp_path: Path) -> None:
+    cfg = dataset_config(tiny_data, tmp_path / "cache")
+    first = data.load_corpus(cfg)
+    (cache,) = (tmp_path / "cache").glob("ptb-*.pt")
+    cache.write_bytes(b"not a torch file")
+    assert torch.equal(data.load_corpus(cfg).train, first.train)
+
+
+def test_offline_without_files_is_one_fast_clear_error(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(data, "_host_resolves", lambda host, timeout_s: False)
+    cfg = dataset_config(tmp_path / "nothing", tmp_path / "cache")
+    started = time.monotonic()
+    with pytest.raises(RnnregError) as caught:
+        data.load_corpus(cfg)
+    assert time.monotonic() - started < 10
+    message = str(caught.value)
+    assert "\n" not in message
+    assert str(tmp_path / "nothing" / "ptb") in message
+    assert "ptb.train.txt" in message and "RNNREG_DATA_DIR" in message
+
+
+def test_hub_fallback_writes_the_files_for_next_time(tmp_path: Path, monkeypatch) -> None:
+    datasets = pytest.importorskip("datasets")
+    monkeypatch.setattr(data, "hub_online", lambda timeout_s=2.0: True)
+    calls = []
+
+    def fake_load_dataset(path, name=None, revision=None):
+        calls.append((path, name, revision))
+        rows = {"train": ["a b c", "b c"], "validation": ["a b"], "test": ["c a"]}
+        return {split: {"sentence": sentences} for split, sentences in rows.items()}
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    cfg = dataset_config(tmp_path / "fresh", tmp_path / "cache")
+    corpus = data.load_corpus(cfg)
+    assert calls == [("ptb-text-only/ptb_text_only", None, "refs/convert/parquet")]
+    assert (tmp_path / "fresh" / "ptb" / "ptb.valid.txt").read_text() == "a b\n"
+    assert corpus.train.numel() == 7 and corpus.vocab_size == 4
+    data.load_corpus(cfg)  # second time: from the files, no download
+    assert len(calls) == 1
+
+
+def test_batchify_makes_contiguous_columns() -> None:
+    ids = torch.arange(23)
+    batched = data.batchify(ids, 4)
+    assert batched.shape == (5, 4)
+    assert batched[:, 1].tolist() == [5, 6, 7, 8, 9]
+
+
+def test_windows_cover_every_target_exactly_once() -> None:
+    source = data.batchify(torch.arange(101), 4)  # 25 rows
+    seen = []
+    for _, inputs, targets in data.windows(source, 7):
+        assert torch.equal(targets[:-1], inputs[1:])
+        seen.append(targets)
+    targets = torch.cat(seen)
+    assert targets.shape[0] == source.shape[0] - 1 == 24
+    assert torch.equal(targets, source[1:])
+    assert data.num_windows(source, 7) == 4
+    resumed = [index for index, _, _ in data.windows(source, 7, start_index=2)]
+    assert resumed == [2, 3]

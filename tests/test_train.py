@@ -1,0 +1,205 @@
+"""The trainer end to end on a tiny corpus: records, resume, divergence, main()'s value."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+from rnnreg.records import load_checkpoint
+from rnnreg.train import train
+from rnnreg.trainer import LAST, Trainer
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_hydra_run_writes_tensorboard_csv_and_summary(tiny_data: Path, tmp_path: Path, python):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_dir = tmp_path / "run"
+    env = dict(os.environ, RNNREG_DATA_DIR=str(tiny_data), RNNREG_CACHE_DIR=str(tmp_path / "c"))
+    result = subprocess.run(
+        [
+            python,
+            "-m",
+            "rnnreg.train",
+            "variant=zaremba",
+            "trainer.max_steps=20",
+            "trainer.log_every_steps=5",
+            "model.embedding_size=16",
+            "model.hidden_size=16",
+            "trainer.batch_size=4",
+            "trainer.bptt=8",
+            "eval.batch_size=4",
+            "trainer.threads=1",
+            f"hydra.run.dir={run_dir}",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+
+    rows = read_csv(run_dir / "metrics.csv")
+    assert len(rows) == 1
+    assert set(rows[0]) == {
+        "epoch",
+        "step",
+        "lr",
+        "train_ppl",
+        "val_ppl",
+        "tokens_per_s",
+        "elapsed_s",
+    }
+    assert rows[0]["step"] == "20" and float(rows[0]["val_ppl"]) > 1
+
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed"
+    assert (summary["dataset"], summary["model"], summary["variant"]) == ("ptb", "small", "zaremba")
+    assert summary["dropout"]["p_input"] == 0.5 and summary["dropout"]["p_output"] == 0.5
+    assert summary["steps"] == 20 and summary["params"] > 0
+    assert summary["best_val_ppl"] == pytest.approx(float(rows[0]["val_ppl"]), rel=1e-4)
+    assert math.isfinite(summary["test_ppl"]) and summary["tokens_per_s"] > 0
+    assert summary["torch_version"] == torch.__version__ and summary["device"] == "cpu"
+    for key in ("wall_time_s", "git_commit", "seed", "epochs"):
+        assert key in summary
+
+    events = EventAccumulator(str(run_dir / "tb"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {
+        "train/loss",
+        "train/ppl",
+        "train/lr",
+        "train/grad_norm",
+        "train/tokens_per_s",
+        "val/ppl",
+        "test/ppl",
+    } <= tags
+    assert [e.step for e in events.Scalars("train/ppl")] == [5, 10, 15, 20]
+    assert events.Scalars("val/ppl")[0].value == pytest.approx(summary["best_val_ppl"], rel=1e-5)
+    assert (run_dir / "checkpoints" / "last.pt").is_file()
+    assert (run_dir / ".hydra" / "config.yaml").is_file()
+
+
+def test_train_returns_the_best_validation_perplexity(make_config, tmp_path: Path) -> None:
+    run = make_config("trainer.epochs=2")
+    best = train(run, tmp_path / "run")
+    rows = read_csv(tmp_path / "run" / "metrics.csv")
+    assert best == pytest.approx(min(float(r["val_ppl"]) for r in rows), rel=1e-4)
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["epochs"] == 2 and summary["best_val_ppl"] == best
+    assert float(rows[1]["val_ppl"]) < float(rows[0]["val_ppl"])  # it learns
+
+
+def test_lr_follows_zaremba_schedule(make_config, tmp_path: Path) -> None:
+    run = make_config("trainer.epochs=4", "optim.lr_decay_factor=2", "optim.decay_after_epoch=2")
+    train(run, tmp_path / "run")
+    lrs = [float(r["lr"]) for r in read_csv(tmp_path / "run" / "metrics.csv")]
+    assert lrs == [1.0, 1.0, 0.5, 0.25]
+
+
+RESUME_SETTINGS = ("variant=zaremba", "trainer.epochs=3", "optim.decay_after_epoch=1")
+
+
+def _outcome(run_dir: Path) -> tuple[list[tuple[str, str, str]], float, float]:
+    rows = [(r["epoch"], r["train_ppl"], r["val_ppl"]) for r in read_csv(run_dir / "metrics.csv")]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    return rows, summary["best_val_ppl"], summary["test_ppl"]
+
+
+def test_resume_after_a_signal_mid_epoch_equals_an_uninterrupted_run(
+    make_config, tmp_path: Path, monkeypatch
+) -> None:
+    train(make_config(*RESUME_SETTINGS), tmp_path / "whole")
+    expected = _outcome(tmp_path / "whole")
+
+    original = Trainer._train_step
+    calls = {"n": 0}
+
+    def step_then_signal(self, inputs, targets):
+        result = original(self, inputs, targets)
+        calls["n"] += 1
+        if calls["n"] == 130:  # epoch 2 of 3 (about 100 windows per epoch)
+            self.stop.signal = 15
+        return result
+
+    monkeypatch.setattr(Trainer, "_train_step", step_then_signal)
+    summary = Trainer(make_config(*RESUME_SETTINGS), tmp_path / "cut").fit()
+    assert summary["status"] == "interrupted" and summary["steps"] == 130
+    monkeypatch.setattr(Trainer, "_train_step", original)
+    ckpt = load_checkpoint(tmp_path / "cut" / "checkpoints" / LAST)
+    assert ckpt["epochs_done"] == 1 and ckpt["window"] > 0
+
+    Trainer(make_config(*RESUME_SETTINGS, "trainer.resume=true"), tmp_path / "cut").fit()
+    assert _outcome(tmp_path / "cut") == expected
+
+
+def test_resume_after_a_crash_uses_the_last_periodic_checkpoint(
+    make_config, tmp_path: Path, monkeypatch
+) -> None:
+    train(make_config(*RESUME_SETTINGS), tmp_path / "whole")
+    expected = _outcome(tmp_path / "whole")
+
+    original = Trainer._train_step
+    calls = {"n": 0}
+
+    def crash(self, inputs, targets):
+        calls["n"] += 1
+        if calls["n"] == 160:
+            raise RuntimeError("simulated crash")
+        return original(self, inputs, targets)
+
+    monkeypatch.setattr(Trainer, "_train_step", crash)
+    settings = (*RESUME_SETTINGS, "trainer.checkpoint_every_s=1e-6")
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        Trainer(make_config(*settings), tmp_path / "cut").fit()
+    monkeypatch.setattr(Trainer, "_train_step", original)
+    ckpt = load_checkpoint(tmp_path / "cut" / "checkpoints" / LAST)
+    assert ckpt["step"] == 159 and ckpt["window"] > 0
+
+    Trainer(make_config(*settings, "trainer.resume=true"), tmp_path / "cut").fit()
+    assert _outcome(tmp_path / "cut") == expected
+
+
+def test_a_nan_loss_stops_the_run_as_diverged_and_keeps_the_last_checkpoint(
+    make_config, tmp_path: Path
+) -> None:
+    trainer = Trainer(make_config("trainer.epochs=3"), tmp_path / "run")
+    forward_calls = {"n": 0}
+
+    def poison(module, args, output):
+        if module.training:
+            forward_calls["n"] += 1
+            if forward_calls["n"] >= 150:  # inside epoch 2
+                return output * float("nan")
+        return output
+
+    trainer.model.decoder.register_forward_hook(poison)
+    summary = trainer.fit()
+    assert summary["status"] == "diverged"
+    assert summary["test_ppl"] is None and summary["epochs"] == 1
+    ckpt = load_checkpoint(tmp_path / "run" / "checkpoints" / LAST)
+    assert ckpt["epochs_done"] == 1
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values())
+
+
+def test_a_second_run_in_the_same_directory_needs_resume(make_config, tmp_path: Path) -> None:
+    from rnnreg import RnnregError
+
+    train(make_config("trainer.max_steps=3"), tmp_path / "run")
+    with pytest.raises(RnnregError, match="trainer.resume=true"):
+        train(make_config("trainer.max_steps=3"), tmp_path / "run")
