@@ -18,6 +18,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from rnnreg import PROJECT_ROOT, RnnregError
+from rnnreg.lstm import LSTMPath
 from rnnreg.regularizers.masks import Granularity
 
 
@@ -82,6 +83,11 @@ class ModelConfig:
     #: Every parameter, biases included, is drawn from U(-init_range, init_range).
     init_range: float = 0.1
     tie_weights: bool = False
+    #: How each LSTM layer runs: ``fused`` (nn.LSTM/cuDNN), ``loop`` (masks inside the
+    #: step), or ``auto``: fused unless the variant masks inside the recurrence.
+    lstm_impl: LSTMPath = LSTMPath.auto
+    #: Run the loop path's recurrence under torch.compile (slow to start, faster after).
+    compile: bool = False
 
     def __post_init__(self) -> None:
         for name in ("embedding_size", "hidden_size", "num_layers"):
@@ -94,22 +100,53 @@ class ModelConfig:
             )
 
 
+class GateMasks(str, Enum):
+    """Gal's z_x, z_h: one mask shared by the four gates, or one per gate."""
+
+    tied = "tied"
+    untied = "untied"
+
+
 @dataclass
 class VariantConfig:
-    """Which dropout masks go where, at which rate and granularity (SPEC, "The variants").
+    """Which masks go where, at which rate and granularity (SPEC, "The variants").
 
-    Rates are named by what they drop: ``p_input`` the embedding output entering
-    layer 1, ``p_between`` each layer's output entering the next layer,
-    ``p_output`` the last layer's output entering the decoder.
+    Rates are named by what they drop:
+
+    - ``p_embedding``: word types (whole rows of the embedding matrix), per forward pass;
+    - ``p_input``: the embedding output entering layer 1; ``p_between``: each layer's
+      output entering the next; ``p_output``: the last output entering the decoder
+      (granularity ``activation_granularity``: Zaremba ``step``, Gal/AWD ``sequence``);
+    - ``p_hidden``: Gal's z_h on h_{t-1} (``hidden_granularity``; ``gate_masks=untied``
+      gives each gate its own z_h and, on the layer inputs, its own z_x);
+    - ``p_memory``: Moon's mask on the memory, h_t = o_t ∘ tanh(c_t ∘ z)
+      (``memory_carried``: c_t = z ∘ (f_t ∘ c_{t-1} + i_t ∘ g_t) as well);
+    - ``p_update``: Semeniuta's mask on the update, c_t = f_t ∘ c_{t-1} + z ∘ i_t ∘ g_t;
+    - ``zoneout_cell``, ``zoneout_hidden``: probabilities of keeping the previous c or h;
+    - ``p_weight``: DropConnect on every hidden-to-hidden matrix U (weight-drop).
     """
 
     name: str = "none"
+    p_embedding: float = 0.0
     p_input: float = 0.0
     p_between: float = 0.0
     p_output: float = 0.0
-    #: Granularity of the masks outside the recurrence (input, between, output).
     activation_granularity: Granularity = Granularity.step
-    #: Scale kept units by 1/(1-p) during training (inverted dropout).
+    p_hidden: float = 0.0
+    hidden_granularity: Granularity = Granularity.sequence
+    gate_masks: GateMasks = GateMasks.tied
+    p_memory: float = 0.0
+    memory_granularity: Granularity = Granularity.sequence
+    memory_carried: bool = False
+    p_update: float = 0.0
+    update_granularity: Granularity = Granularity.step
+    #: Semeniuta: scale the kept updates by 1/(1-p) in training (else by 1-p at evaluation).
+    update_scale: bool = True
+    zoneout_cell: float = 0.0
+    zoneout_hidden: float = 0.0
+    zoneout_granularity: Granularity = Granularity.step
+    p_weight: float = 0.0
+    #: Inverted scaling (1/(1-p) in training) of every mask but zoneout's and the update's.
     scale: bool = True
 
     def __post_init__(self) -> None:
@@ -118,10 +155,19 @@ class VariantConfig:
 
     @classmethod
     def rate_names(cls) -> list[str]:
-        return [f.name for f in fields(cls) if f.name.startswith("p_")]
+        return [
+            f.name
+            for f in fields(cls)
+            if f.name.startswith(("p_", "zoneout_")) and f.name != "zoneout_granularity"
+        ]
 
     def rates(self) -> dict[str, float]:
         return {name: getattr(self, name) for name in self.rate_names()}
+
+
+class Schedule(str, Enum):
+    step = "step"
+    plateau = "plateau"
 
 
 @dataclass
@@ -129,12 +175,15 @@ class OptimConfig:
     """SGD with Zaremba's schedule: lr_e = lr / lr_decay_factor^max(0, e - decay_after_epoch).
 
     ``e`` counts epochs from 1, so the first ``decay_after_epoch`` epochs run at ``lr``.
+    ``schedule=plateau`` divides by ``lr_decay_factor`` when validation stalls instead.
     """
 
     name: str = "sgd"
     lr: float = 1.0
+    schedule: Schedule = Schedule.step
     lr_decay_factor: float = 1.0
     decay_after_epoch: int = 0
+    plateau_patience: int = 0
     #: Clip the global gradient norm to this value; 0 disables clipping.
     clip_grad_norm: float = 5.0
     weight_decay: float = 0.0
@@ -188,10 +237,16 @@ class EvalConfig:
     test_batch_size: int = 1
     #: BPTT window for evaluation (only speed depends on it; state is carried).
     bptt: int = 35
+    #: MC-dropout samples K for the final evaluation of the best weights (0: standard only).
+    mc_samples: int = 0
+    #: At most this many samples per batched pass (0: all K in one pass).
+    mc_replicas_per_pass: int = 0
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "test_batch_size", "bptt"):
             _check_positive("eval", name, getattr(self, name))
+        _check_positive("eval", "mc_samples", self.mc_samples, allow_zero=True)
+        _check_positive("eval", "mc_replicas_per_pass", self.mc_replicas_per_pass, allow_zero=True)
 
 
 @dataclass

@@ -50,3 +50,47 @@ def evaluate(model: LanguageModel, source: torch.Tensor, bptt: int) -> Evaluatio
     finally:
         model.train(was_training)
     return Evaluation(nll_sum, tokens)
+
+
+@torch.no_grad()
+def evaluate_mc(
+    model: LanguageModel,
+    source: torch.Tensor,
+    bptt: int,
+    samples: int,
+    replicas_per_pass: int = 0,
+) -> Evaluation:
+    """MC-dropout evaluation (Gal & Ghahramani): masks on, probabilities averaged.
+
+        p̄(w_{t+1}) = (1/K) Σ_{k=1..K} p_k(w_{t+1} | w_{≤t}),   PPL = exp(-(1/N) Σ log p̄)
+
+    Each sample k is the stochastic network run over the whole split with its own hidden
+    state and its own masks. The K samples run as one batched pass: the batch is
+    replicated K times (replica-major columns) with independent masks per copy;
+    ``replicas_per_pass`` > 0 caps the copies per pass to bound memory.
+    """
+    if samples < 1:
+        raise ValueError(f"MC dropout needs at least one sample, got {samples}")
+    per_pass = samples if replicas_per_pass <= 0 else min(replicas_per_pass, samples)
+    steps, batch = source.size(0) - 1, source.size(1)
+    prob_sum = torch.zeros(steps, batch, dtype=torch.float64, device=source.device)
+    was_training = model.training
+    model.eval()
+    try:
+        for first in range(0, samples, per_pass):
+            replicas = min(per_pass, samples - first)
+            model.set_mc_dropout(True, replicas=replicas)
+            state = model.init_state(replicas * batch)
+            for index, inputs, targets in windows(source, bptt):
+                logits, state = model(inputs.repeat(1, replicas), state)
+                state = detach_state(state)
+                wanted = targets.repeat(1, replicas).unsqueeze(-1)
+                log_p = logits.gather(-1, wanted).squeeze(-1) - torch.logsumexp(logits, -1)
+                p = log_p.double().exp().view(targets.size(0), replicas, batch).sum(1)
+                start = index * bptt
+                prob_sum[start : start + targets.size(0)] += p
+    finally:
+        model.set_mc_dropout(False)
+        model.train(was_training)
+    nll_sum = -torch.log(prob_sum / samples).sum().item()
+    return Evaluation(nll_sum, steps * batch)

@@ -1,12 +1,14 @@
 """The language model wiring: embedding -> LSTM layers -> decoder, with the masks between.
 
-    e_t      = E[w_t]
-    x^1_t    = e_t ∘ z_input                      (p_input)
-    h^l_t    = LSTM_l(x^l_t, h^l_{t-1}, c^l_{t-1})
-    x^{l+1}_t = h^l_t ∘ z_between                 (p_between)
-    y_t      = D (h^L_t ∘ z_output) + b_D         (p_output)
+    e_t       = (E ∘ z_embedding)[w_t]                   (p_embedding, word types)
+    x^1_t     = e_t ∘ z_input                             (p_input)
+    h^l_t     = LSTM_l(x^l_t, h^l_{t-1}, c^l_{t-1})        (in-step masks: rnnreg.lstm)
+    x^{l+1}_t = h^l_t ∘ z_between                         (p_between)
+    y_t       = D (h^L_t ∘ z_output) + b_D                (p_output)
 
-Each layer is its own single-layer LSTM so regularizers can sit between layers.
+Each layer is its own single-layer LSTM so regularizers can sit between layers. With
+untied gate masks the input masks z_input / z_between move inside the layers (one per
+gate); tied, they are one mask applied here.
 """
 
 from __future__ import annotations
@@ -14,10 +16,36 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from rnnreg.config import ModelConfig, VariantConfig
+from rnnreg.config import GateMasks, ModelConfig, VariantConfig
+from rnnreg.lstm import InStepDropout, LSTMLayer
 from rnnreg.regularizers import ActivationDropout
+from rnnreg.regularizers.embedding import embed_with_type_dropout
 
 State = list[tuple[torch.Tensor, torch.Tensor]]
+
+
+def in_step_dropout(variant: VariantConfig, layer_index: int) -> InStepDropout:
+    """What layer ``layer_index`` (0-based) drops inside itself under ``variant``."""
+    untied = variant.gate_masks is GateMasks.untied
+    p_layer_input = variant.p_input if layer_index == 0 else variant.p_between
+    return InStepDropout(
+        p_input=p_layer_input if untied else 0.0,
+        input_granularity=variant.activation_granularity,
+        p_hidden=variant.p_hidden,
+        hidden_granularity=variant.hidden_granularity,
+        untied=untied,
+        p_memory=variant.p_memory,
+        memory_granularity=variant.memory_granularity,
+        memory_carried=variant.memory_carried,
+        p_update=variant.p_update,
+        update_granularity=variant.update_granularity,
+        update_scale=variant.update_scale,
+        zoneout_cell=variant.zoneout_cell,
+        zoneout_hidden=variant.zoneout_hidden,
+        zoneout_granularity=variant.zoneout_granularity,
+        p_weight=variant.p_weight,
+        scale=variant.scale,
+    )
 
 
 class LanguageModel(nn.Module):
@@ -26,24 +54,61 @@ class LanguageModel(nn.Module):
     def __init__(self, vocab_size: int, model: ModelConfig, variant: VariantConfig) -> None:
         super().__init__()
         self.vocab_size = vocab_size
-        self.hidden_size = model.hidden_size
+        self.p_embedding = variant.p_embedding
+        self.mc_dropout = False
+        self.replicas = 1
         self.embedding = nn.Embedding(vocab_size, model.embedding_size)
         input_sizes = [model.embedding_size] + [model.hidden_size] * (model.num_layers - 1)
-        self.layers = nn.ModuleList(nn.LSTM(size, model.hidden_size) for size in input_sizes)
+        self.layers = nn.ModuleList(
+            LSTMLayer(size, model.hidden_size, in_step_dropout(variant, index), model.lstm_impl)
+            for index, size in enumerate(input_sizes)
+        )
+        if model.compile:
+            for layer in self.layers:
+                layer.compile_loop()
+        untied = variant.gate_masks is GateMasks.untied
         granularity = variant.activation_granularity
-        self.input_dropout = ActivationDropout(variant.p_input, granularity, variant.scale)
-        self.between_dropout = ActivationDropout(variant.p_between, granularity, variant.scale)
+        self.input_dropout = ActivationDropout(
+            0.0 if untied else variant.p_input, granularity, variant.scale
+        )
+        self.between_dropout = ActivationDropout(
+            0.0 if untied else variant.p_between, granularity, variant.scale
+        )
         self.output_dropout = ActivationDropout(variant.p_output, granularity, variant.scale)
         self.decoder = nn.Linear(model.hidden_size, vocab_size)
         if model.tie_weights:
             self.decoder.weight = self.embedding.weight
         self.reset_parameters(model.init_range)
 
+    @property
+    def lstm_path(self) -> str:
+        """``fused``, ``loop``, or ``mixed`` when layers differ."""
+        paths = {layer.path.value for layer in self.layers}
+        return paths.pop() if len(paths) == 1 else "mixed"
+
     def reset_parameters(self, init_range: float) -> None:
         """Every parameter, biases included, from U(-init_range, init_range), as in the papers."""
         with torch.no_grad():
             for parameter in self.parameters():
                 parameter.uniform_(-init_range, init_range)
+
+    def set_mc_dropout(self, enabled: bool, replicas: int = 1) -> None:
+        """Keep the training-time masks on outside training (MC-dropout evaluation).
+
+        ``replicas`` = R says that the batch holds R independent copies, replica-major:
+        masks drawn once per forward pass (``batch``, word types, weights) are then
+        drawn once per copy, so that the copies are independent samples.
+        """
+        self.mc_dropout = enabled
+        self.replicas = replicas if enabled else 1
+        for module in self.modules():
+            if module is not self and hasattr(module, "mc_dropout"):
+                module.mc_dropout = enabled
+                module.replicas = self.replicas
+
+    @property
+    def stochastic(self) -> bool:
+        return self.training or self.mc_dropout
 
     def init_state(self, batch_size: int) -> State:
         """Zero (h, c) for every layer, each of shape (1, B, H)."""
@@ -58,7 +123,14 @@ class LanguageModel(nn.Module):
 
     def forward(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         """Logits (T, B, V) for ``tokens`` (T, B), and the state after the last step."""
-        x = self.input_dropout(self.embedding(tokens))
+        embedded = embed_with_type_dropout(
+            self.embedding,
+            tokens,
+            self.p_embedding,
+            training=self.stochastic,
+            replicas=self.replicas,
+        )
+        x = self.input_dropout(embedded)
         new_state: State = []
         for index, layer in enumerate(self.layers):
             if index > 0:

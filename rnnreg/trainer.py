@@ -28,7 +28,7 @@ from tqdm import tqdm
 from rnnreg import RnnregError
 from rnnreg.config import Device, Progress, RunConfig, as_plain_dict
 from rnnreg.data import Corpus, batchify, load_corpus, num_windows, windows
-from rnnreg.evaluate import evaluate
+from rnnreg.evaluate import evaluate, evaluate_mc
 from rnnreg.model import LanguageModel, State, count_parameters, detach_state
 from rnnreg.optim import build_optimizer
 from rnnreg.records import (
@@ -398,16 +398,22 @@ class Trainer:
         self.epochs_done = epoch
         self.window = 0
         self.state = None
-        self.schedule.step()
+        self.schedule.step(val.loss)
         self.save()
         return val.perplexity
 
-    def _test(self) -> float:
+    def _final_evaluation(self) -> dict[str, float]:
+        """Test perplexity of the best weights; with ``eval.mc_samples`` also MC dropout."""
         best = self.ckpt_dir / BEST
         if best.exists():
             self.model.load_state_dict(load_checkpoint(best, map_location=self.device)["model"])
-        result = evaluate(self.model, self.test_data, self.run.eval.bptt)
-        return result.perplexity
+        e = self.run.eval
+        results = {"test_ppl": evaluate(self.model, self.test_data, e.bptt).perplexity}
+        if e.mc_samples > 0:
+            for split, source in (("val", self.valid_data), ("test", self.test_data)):
+                mc = evaluate_mc(self.model, source, e.bptt, e.mc_samples, e.mc_replicas_per_pass)
+                results[f"{split}_ppl_mc"] = mc.perplexity
+        return results
 
     def fit(self) -> dict[str, Any]:
         """Train (or resume) to the end; write ``summary.json``; return the summary."""
@@ -445,20 +451,21 @@ class Trainer:
                 return self._write_summary("interrupted", None)
             if outcome == "diverged":
                 return self._write_summary("diverged", None)
-            test_ppl = self._test()
-            tb.scalars(self.step, {"test/ppl": test_ppl})
+            final = self._final_evaluation()
+            tb.scalars(self.step, {key.replace("_", "/", 1): v for key, v in final.items()})
             log.info(
-                "best val ppl %.2f (epoch %d), test ppl %.2f",
+                "best val ppl %.2f (epoch %d); %s",
                 self.best_val_ppl,
                 self.best_epoch,
-                test_ppl,
+                ", ".join(f"{key} {value:.2f}" for key, value in final.items()),
             )
-            return self._write_summary("completed", test_ppl)
+            return self._write_summary("completed", final)
         finally:
             tb.close()
 
-    def _write_summary(self, status: str, test_ppl: float | None) -> dict[str, Any]:
+    def _write_summary(self, status: str, final: dict[str, float] | None) -> dict[str, Any]:
         run = self.run
+        final = final or {}
         summary = {
             "status": status,
             **self.labels,
@@ -467,14 +474,17 @@ class Trainer:
             "variant": run.variant.name,
             "seed": run.seed,
             "dropout": run.variant.rates(),
-            "activation_granularity": run.variant.activation_granularity.value,
             "params": count_parameters(self.model),
             "epochs": self.epochs_done,
             "epochs_planned": run.trainer.epochs,
             "steps": self.step,
             "best_val_ppl": None if math.isinf(self.best_val_ppl) else self.best_val_ppl,
             "best_epoch": self.best_epoch,
-            "test_ppl": test_ppl,
+            "test_ppl": final.get("test_ppl"),
+            "mc_samples": run.eval.mc_samples,
+            "val_ppl_mc": final.get("val_ppl_mc"),
+            "test_ppl_mc": final.get("test_ppl_mc"),
+            "lstm_path": self.model.lstm_path,
             "tokens_per_s": self.train_tokens / self.train_seconds if self.train_seconds else None,
             "wall_time_s": self._elapsed(),
             "torch_version": torch.__version__,

@@ -44,8 +44,10 @@ def main(overrides: list[str]) -> int:
     bad = verify_checksums(folder)
     if bad:
         raise RnnregError(f"checksum mismatch in {folder}: {', '.join(bad)}; fetch the files again")
-    print(f"{run.dataset.name} in {folder}: vocabulary {corpus.vocab_size}, tokens "
-          f"{corpus.train.numel()} / {corpus.valid.numel()} / {corpus.test.numel()}")
+    print(
+        f"{run.dataset.name} in {folder}: vocabulary {corpus.vocab_size}, tokens "
+        f"{corpus.train.numel()} / {corpus.valid.numel()} / {corpus.test.numel()}"
+    )
     return 0
 
 

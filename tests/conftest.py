@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import sys
 from collections.abc import Callable
@@ -14,7 +15,8 @@ from omegaconf import DictConfig
 from rnnreg.config import CONF_DIR, RunConfig, register, to_run_config
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED_DATA = REPO.parent / "shared" / "data"
+#: The real corpora: $RNNREG_DATA_DIR (CI sets it), else ../shared/data beside the clone.
+SHARED_DATA = Path(os.environ.get("RNNREG_DATA_DIR") or REPO.parent / "shared" / "data").resolve()
 
 register()
 

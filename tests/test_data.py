@@ -39,7 +39,7 @@ def dataset_config(data_dir: Path, cache_dir: Path, name: str = "ptb") -> Datase
 
 @pytest.mark.skipif(
     not (SHARED_DATA / "ptb" / "ptb.train.txt").is_file(),
-    reason="real PTB not found at ../shared/data/ptb (CI provides it)",
+    reason=f"real PTB not found in {SHARED_DATA}/ptb (set RNNREG_DATA_DIR; CI does)",
 )
 def test_real_ptb_has_the_published_sizes(tmp_path: Path) -> None:
     corpus = data.load_corpus(dataset_config(SHARED_DATA, tmp_path / "cache"))

@@ -45,7 +45,7 @@ def _reference_logits(model: LanguageModel, tokens: torch.Tensor) -> torch.Tenso
     with torch.no_grad():
         for index, layer in enumerate(model.layers):
             for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
-                getattr(stacked, f"{name}_l{index}").copy_(getattr(layer, f"{name}_l0"))
+                getattr(stacked, f"{name}_l{index}").copy_(getattr(layer.lstm, f"{name}_l0"))
     hidden, _ = stacked(model.embedding(tokens))
     return model.decoder(hidden)
 

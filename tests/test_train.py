@@ -203,3 +203,25 @@ def test_a_second_run_in_the_same_directory_needs_resume(make_config, tmp_path: 
     train(make_config("trainer.max_steps=3"), tmp_path / "run")
     with pytest.raises(RnnregError, match="trainer.resume=true"):
         train(make_config("trainer.max_steps=3"), tmp_path / "run")
+
+
+def test_plateau_schedule_divides_when_validation_stalls() -> None:
+    from rnnreg.config import OptimConfig, Schedule
+    from rnnreg.optim import build_optimizer
+
+    cfg = OptimConfig(lr=1.0, schedule=Schedule.plateau, lr_decay_factor=1.5)
+    optimizer, schedule = build_optimizer(cfg, [torch.nn.Parameter(torch.zeros(2))])
+    lrs = []
+    for val_loss in (5.0, 4.0, 4.5, 3.9, 3.95, 4.2):
+        schedule.step(val_loss)
+        lrs.append(optimizer.param_groups[0]["lr"])
+    assert lrs == pytest.approx([1.0, 1.0, 1 / 1.5, 1 / 1.5, 1 / 1.5**2, 1 / 1.5**3])
+
+
+def test_summary_records_the_lstm_path_and_mc_perplexities(make_config, tmp_path: Path) -> None:
+    run = make_config("variant=gal", "trainer.max_steps=5", "eval.mc_samples=3")
+    train(run, tmp_path / "run")
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["lstm_path"] == "loop" and summary["mc_samples"] == 3
+    assert math.isfinite(summary["test_ppl_mc"]) and math.isfinite(summary["val_ppl_mc"])
+    assert summary["test_ppl_mc"] != summary["test_ppl"]

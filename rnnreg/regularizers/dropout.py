@@ -9,10 +9,12 @@ from rnnreg.regularizers.masks import Granularity, apply_mask
 
 
 class ActivationDropout(nn.Module):
-    """``y = x ∘ z`` during training, ``y = x`` in ``eval()``; ``x`` is (T, B, m).
+    """``y = x ∘ z`` during training, ``y = x ∘ E[z]`` in ``eval()``; ``x`` is (T, B, m).
 
-    With ``granularity=step`` this is Zaremba et al.'s non-recurrent dropout; with
-    ``sequence`` it is the locked (variational) dropout of Gal & Ghahramani / AWD-LSTM.
+    ``E[z]`` is 1 with inverted scaling, ``1 - p`` without. ``mc_dropout = True`` keeps
+    the masks on outside training (MC-dropout evaluation). With ``granularity=step`` this
+    is Zaremba et al.'s non-recurrent dropout; with ``sequence`` it is the locked
+    (variational) dropout of Gal & Ghahramani and AWD-LSTM.
     """
 
     def __init__(self, p: float, granularity: Granularity | str, scale: bool = True) -> None:
@@ -22,11 +24,18 @@ class ActivationDropout(nn.Module):
         self.p = p
         self.granularity = Granularity(granularity)
         self.scale = scale
+        self.mc_dropout = False
+        #: Independent copies in the batch (MC dropout): ``batch`` masks per copy.
+        self.replicas = 1
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        if not self.training:
-            return x
-        return apply_mask(x, self.p, self.granularity, scale=self.scale, mask=mask)
+        if self.training or self.mc_dropout:
+            return apply_mask(
+                x, self.p, self.granularity, scale=self.scale, replicas=self.replicas, mask=mask
+            )
+        if not self.scale and self.p > 0:
+            return x * (1.0 - self.p)
+        return x
 
     def extra_repr(self) -> str:
         return f"p={self.p}, granularity={self.granularity.value}, scale={self.scale}"

@@ -59,12 +59,45 @@ def draw_mask(
     return keep * (1.0 / (1.0 - p)) if scale else keep
 
 
+def draw_activation_mask(
+    shape: Sequence[int],
+    p: float,
+    granularity: Granularity | str,
+    *,
+    gates: int | None = None,
+    replicas: int = 1,
+    scale: bool = True,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """A mask for activations of ``shape`` = (T, B, m) at ``granularity``.
+
+    ``gates`` inserts a gate dimension after time, one independent mask per gate:
+    (T|1, gates, B|1, m). ``replicas`` = R > 1 says that the batch holds R independent
+    copies of the same B/R rows, replica-major (MC-dropout samples): a ``batch`` mask is
+    then drawn once per replica and shared by that replica's rows only.
+    """
+    steps, rows, units = shape
+    granularity = Granularity(granularity)
+    if rows % replicas:
+        raise ValueError(f"a batch of {rows} rows does not split into {replicas} replicas")
+    time_dim = steps if granularity is Granularity.step else 1
+    row_dim = replicas if granularity is Granularity.batch else rows
+    core = (time_dim, row_dim, units) if gates is None else (time_dim, gates, row_dim, units)
+    mask = draw_mask(core, p, scale=scale, device=device, dtype=dtype)
+    if granularity is Granularity.batch and replicas > 1:
+        per_replica = mask.unsqueeze(-2).expand(*core[:-1], rows // replicas, units)
+        mask = per_replica.reshape(*core[:-2], rows, units)
+    return mask
+
+
 def apply_mask(
     x: torch.Tensor,
     p: float,
     granularity: Granularity | str,
     *,
     scale: bool = True,
+    replicas: int = 1,
     mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``x ∘ z`` for activations ``x`` of shape (T, B, m), ``z`` drawn at ``granularity``.
@@ -74,7 +107,7 @@ def apply_mask(
     if mask is None:
         if p == 0.0:
             return x
-        mask = draw_mask(
-            mask_shape(x.shape, granularity), p, scale=scale, device=x.device, dtype=x.dtype
+        mask = draw_activation_mask(
+            x.shape, p, granularity, replicas=replicas, scale=scale, device=x.device, dtype=x.dtype
         )
     return x * mask

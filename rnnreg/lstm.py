@@ -1,0 +1,390 @@
+"""The LSTM layer: one set of ``nn.LSTM`` parameters, two ways to run it.
+
+    i_t = σ(W_i x_t + U_i h_{t-1} + b_i)     f_t = σ(W_f x_t + U_f h_{t-1} + b_f)
+    g_t = tanh(W_g x_t + U_g h_{t-1} + b_g)  o_t = σ(W_o x_t + U_o h_{t-1} + b_o)
+    c_t = f_t ∘ c_{t-1} + i_t ∘ g_t           h_t = o_t ∘ tanh(c_t)
+
+Gate order and bias layout are those of ``torch.nn.LSTM`` (i, f, g, o; ``b_ih + b_hh``):
+the parameters live in an ``nn.LSTM`` submodule, so weights move freely between paths.
+
+* **fused**: the library kernel (cuDNN on a GPU) runs the recurrence. Masks on weights
+  (weight-drop on ``U``, a ``batch`` mask on ``h_{t-1}`` as dropped columns of ``U``) are
+  applied to the weight, which is passed to the kernel with ``torch.func.functional_call``.
+* **loop**: a loop over time for masks inside the step (Gal's ``z_h`` per row, Moon,
+  Semeniuta, zoneout). The input projection ``W x_t + b`` of all steps is one matrix
+  product before the loop.
+
+The in-step regularizers, in SPEC notation (``z`` are masks; zoneout ``z = 1`` keeps):
+
+    gates  = W (x_t ∘ z_x) + U (h_{t-1} ∘ z_h) + b          Gal (per gate when untied)
+    ĉ_t    = f_t ∘ c_{t-1} + z_u ∘ i_t ∘ g_t                 Semeniuta
+    ĉ_t    = z_m ∘ ĉ_t                                       Moon, ``memory_carried``
+    ĥ_t    = o_t ∘ tanh(ĉ_t ∘ z_m)                           Moon (output form)
+    c_t    = z^c ∘ c_{t-1} + (1 - z^c) ∘ ĉ_t                 zoneout
+    h_t    = z^h ∘ h_{t-1} + (1 - z^h) ∘ ĥ_t                 zoneout
+
+Outside training every mask is replaced by its expectation: 1 for scaled masks, ``1-p``
+for unscaled ones, ``p`` for zoneout's keep masks. ``mc_dropout = True`` keeps the
+training-time masks on (MC-dropout evaluation).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from enum import Enum
+
+import torch
+from torch import nn
+
+from rnnreg.regularizers.masks import Granularity, draw_activation_mask, draw_mask
+from rnnreg.regularizers.weights import drop_weight
+
+LayerState = tuple[torch.Tensor, torch.Tensor]
+
+
+class LSTMPath(str, Enum):
+    auto = "auto"
+    fused = "fused"
+    loop = "loop"
+
+
+@dataclass(frozen=True)
+class InStepDropout:
+    """What one LSTM layer drops itself (the rest is outside the layer)."""
+
+    #: Per-gate input masks z_x (Gal, untied); tied input masks are applied outside.
+    p_input: float = 0.0
+    input_granularity: Granularity = Granularity.sequence
+    #: Gal's z_h on h_{t-1}.
+    p_hidden: float = 0.0
+    hidden_granularity: Granularity = Granularity.sequence
+    #: One mask per gate (4 for x, 4 for h) instead of one shared by the gates.
+    untied: bool = False
+    #: Moon's memory mask; ``memory_carried`` also masks the carried c_t.
+    p_memory: float = 0.0
+    memory_granularity: Granularity = Granularity.sequence
+    memory_carried: bool = False
+    #: Semeniuta's mask on the update i_t ∘ g_t.
+    p_update: float = 0.0
+    update_granularity: Granularity = Granularity.step
+    update_scale: bool = True
+    #: Zoneout: probabilities of keeping the previous c or h (no rescaling).
+    zoneout_cell: float = 0.0
+    zoneout_hidden: float = 0.0
+    zoneout_granularity: Granularity = Granularity.step
+    #: Weight-drop (DropConnect) on U, one mask per forward pass.
+    p_weight: float = 0.0
+    #: Inverted scaling of the Gal and Moon masks.
+    scale: bool = True
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if (
+                (f.name.startswith("p_") or f.name.startswith("zoneout_"))
+                and isinstance(value, float)
+                and not 0.0 <= value < 1.0
+            ):
+                raise ValueError(f"{f.name}={value} is not in [0, 1)")
+
+    @property
+    def hidden_on_weight(self) -> bool:
+        """A ``batch`` z_h is shared by every row and step: it is a column mask on U."""
+        return self.p_hidden > 0 and self.hidden_granularity is Granularity.batch
+
+    @property
+    def needs_loop(self) -> bool:
+        """Whether a mask acts inside the step in a way the fused kernel cannot express."""
+        return (
+            (self.p_input > 0 and self.untied)
+            or (self.p_hidden > 0 and not self.hidden_on_weight)
+            or self.p_memory > 0
+            or self.p_update > 0
+            or self.zoneout_cell > 0
+            or self.zoneout_hidden > 0
+        )
+
+
+@dataclass
+class StepMasks:
+    """Masks for one forward pass, time-major and broadcastable.
+
+    Shapes are (T|1, B|1, H) — or (T|1, 4, B|1, H) for untied gate masks — except
+    ``weight_hh`` (4H, H). In tests, give them explicitly to :meth:`LSTMLayer.forward`.
+    """
+
+    input: torch.Tensor | None = None
+    hidden: torch.Tensor | None = None
+    update: torch.Tensor | None = None
+    memory: torch.Tensor | None = None
+    zoneout_cell: torch.Tensor | None = None
+    zoneout_hidden: torch.Tensor | None = None
+    weight_hh: torch.Tensor | None = None
+
+
+def _at(mask: torch.Tensor | None, t: int) -> torch.Tensor | None:
+    """The mask for step ``t`` (a time-constant mask has a leading dimension of 1)."""
+    if mask is None:
+        return None
+    return mask[t] if mask.size(0) > 1 else mask[0]
+
+
+def recurrence(
+    gx: torch.Tensor,
+    h: torch.Tensor,
+    c: torch.Tensor,
+    weight_hh: torch.Tensor,
+    hidden_mask: torch.Tensor | None,
+    update_mask: torch.Tensor | None,
+    memory_mask: torch.Tensor | None,
+    zoneout_cell: torch.Tensor | None,
+    zoneout_hidden: torch.Tensor | None,
+    memory_carried: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Run the step equations over ``gx`` = W x + b (T, B, 4H) from (h, c) (B, H).
+
+    Masks as in :class:`StepMasks`. Returns the outputs (T, B, H) and the last (h, c).
+    """
+    steps = gx.size(0)
+    hidden = h.size(-1)
+    untied_hidden = hidden_mask is not None and hidden_mask.dim() == 4
+    u_gates = weight_hh.view(4, hidden, hidden).transpose(1, 2)  # (4, H_in, H_out)
+    outputs = []
+    for t in range(steps):
+        z_h = _at(hidden_mask, t)
+        if z_h is None:
+            gates = torch.addmm(gx[t], h, weight_hh.t())
+        elif untied_hidden:  # (h ∘ z_k) U_kᵀ for every gate k
+            per_gate = torch.bmm(h.unsqueeze(0) * z_h, u_gates)  # (4, B, H)
+            gates = gx[t] + per_gate.transpose(0, 1).reshape(h.size(0), 4 * hidden)
+        else:
+            gates = torch.addmm(gx[t], h * z_h, weight_hh.t())
+        i, f, g, o = gates.chunk(4, dim=1)
+        i, f, g, o = torch.sigmoid(i), torch.sigmoid(f), torch.tanh(g), torch.sigmoid(o)
+        update = i * g
+        z_u = _at(update_mask, t)
+        if z_u is not None:
+            update = update * z_u
+        c_new = f * c + update
+        z_m = _at(memory_mask, t)
+        if z_m is not None and memory_carried:
+            c_new = c_new * z_m
+            h_new = o * torch.tanh(c_new)
+        elif z_m is not None:
+            h_new = o * torch.tanh(c_new * z_m)
+        else:
+            h_new = o * torch.tanh(c_new)
+        z_c = _at(zoneout_cell, t)
+        if z_c is not None:
+            c_new = z_c * c + (1 - z_c) * c_new
+        z_hh = _at(zoneout_hidden, t)
+        if z_hh is not None:
+            h_new = z_hh * h + (1 - z_hh) * h_new
+        h, c = h_new, c_new
+        outputs.append(h)
+    return torch.stack(outputs), h, c
+
+
+class LSTMLayer(nn.Module):
+    """A single-layer LSTM with the in-step regularizers of :class:`InStepDropout`."""
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        dropout: InStepDropout | None = None,
+        path: LSTMPath | str = LSTMPath.auto,
+    ) -> None:
+        super().__init__()
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.dropout = dropout or InStepDropout()
+        self.lstm = nn.LSTM(input_size, hidden_size)
+        self.mc_dropout = False
+        #: Independent copies in the batch (MC dropout): ``batch`` masks per copy.
+        self.replicas = 1
+        requested = LSTMPath(path)
+        if requested is LSTMPath.fused and self.dropout.needs_loop:
+            raise ValueError(
+                "this variant masks inside the recurrence and needs the loop path; "
+                "use model.lstm_impl=auto or loop"
+            )
+        if requested is LSTMPath.auto:
+            requested = LSTMPath.loop if self.dropout.needs_loop else LSTMPath.fused
+        self.path = requested
+        self._recurrence = recurrence
+
+    def compile_loop(self, **options: object) -> None:
+        """Run the loop's recurrence under ``torch.compile`` (no effect on the fused path)."""
+        self._recurrence = torch.compile(recurrence, **options)  # type: ignore[assignment]
+
+    @property
+    def stochastic(self) -> bool:
+        return self.training or self.mc_dropout
+
+    # --- masks ---------------------------------------------------------------------------
+
+    @property
+    def weight_masked(self) -> bool:
+        """Whether a mask acts on U (weight-drop, or a ``batch`` z_h as dropped columns)."""
+        return self.dropout.p_weight > 0 or self.dropout.hidden_on_weight
+
+    def draw_masks(
+        self, steps: int, batch: int, device: torch.device, dtype: torch.dtype
+    ) -> StepMasks:
+        """Fresh masks for one forward pass over (steps, batch), or their expectations."""
+        d = self.dropout
+        stochastic = self.stochastic
+
+        def inverted(
+            p: float, granularity: Granularity, scale: bool, units: int, untied: bool = False
+        ) -> torch.Tensor | None:
+            if p == 0.0:
+                return None
+            if not stochastic:  # E[z] = 1 when scaled, 1 - p when not
+                if scale:
+                    return None
+                return torch.full((1, 1, units), 1.0 - p, device=device, dtype=dtype)
+            return draw_activation_mask(
+                (steps, batch, units),
+                p,
+                granularity,
+                gates=4 if untied else None,
+                replicas=self.replicas,
+                scale=scale,
+                device=device,
+                dtype=dtype,
+            )
+
+        def keep(p: float) -> torch.Tensor | None:
+            if p == 0.0:
+                return None
+            if not stochastic:  # E[z] = p
+                return torch.full((1, 1, self.hidden_size), p, device=device, dtype=dtype)
+            # z = 1 (keep the old value) with probability p: "dropped" with probability 1 - p
+            return draw_activation_mask(
+                (steps, batch, self.hidden_size),
+                1.0 - p,
+                d.zoneout_granularity,
+                replicas=self.replicas,
+                scale=False,
+                device=device,
+                dtype=dtype,
+            )
+
+        masks = StepMasks(
+            input=inverted(d.p_input, d.input_granularity, d.scale, self.input_size, True)
+            if d.untied
+            else None,
+            hidden=None
+            if d.hidden_on_weight
+            else inverted(d.p_hidden, d.hidden_granularity, d.scale, self.hidden_size, d.untied),
+            update=inverted(d.p_update, d.update_granularity, d.update_scale, self.hidden_size),
+            memory=inverted(d.p_memory, d.memory_granularity, d.scale, self.hidden_size),
+            zoneout_cell=keep(d.zoneout_cell),
+            zoneout_hidden=keep(d.zoneout_hidden),
+        )
+        if stochastic:
+            masks.weight_hh = self._draw_weight_mask(device, dtype)
+        return masks
+
+    def _draw_weight_mask(self, device: torch.device, dtype: torch.dtype) -> torch.Tensor | None:
+        """M for U ∘ M: the weight-drop mask times the column mask of a ``batch`` z_h.
+
+        ``(h ∘ z) U_kᵀ = h (U_k diag(z))ᵀ``: a z_h shared by every row and step of the
+        batch is the same as dropping columns of U (per gate block U_k when untied).
+        """
+        d = self.dropout
+        weight = self.lstm.weight_hh_l0
+        mask = None
+        if d.p_weight > 0:
+            mask = draw_mask(weight.shape, d.p_weight, device=device, dtype=dtype)
+        if d.hidden_on_weight:
+            gates, size = (4 if d.untied else 1), self.hidden_size
+            z_h = draw_mask((gates, 1, size), d.p_hidden, scale=d.scale, device=device, dtype=dtype)
+            columns = z_h.expand(4, size, size).reshape(4 * size, size)
+            mask = columns if mask is None else mask * columns
+        return mask
+
+    # --- forward -------------------------------------------------------------------------
+
+    def effective_weight_hh(self, masks: StepMasks) -> torch.Tensor:
+        """``U ∘ M`` when a mask acts on the weight (weight-drop, batch z_h), else ``U``."""
+        weight = self.lstm.weight_hh_l0
+        if masks.weight_hh is None:
+            return weight
+        return drop_weight(weight, self.dropout.p_weight, mask=masks.weight_hh)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        state: LayerState,
+        masks: StepMasks | None = None,
+    ) -> tuple[torch.Tensor, LayerState]:
+        """Outputs (T, B, H) for inputs (T, B, n) from ``state`` = (h, c), each (1, B, H)."""
+        if masks is None and self.replicas > 1 and self.stochastic and self.weight_masked:
+            return self._forward_per_replica(x, state)
+        if masks is None:
+            masks = self.draw_masks(x.size(0), x.size(1), x.device, x.dtype)
+        weight_hh = self.effective_weight_hh(masks)
+        if self.path is LSTMPath.fused:
+            if weight_hh is self.lstm.weight_hh_l0:
+                return self.lstm(x, state)
+            return torch.func.functional_call(self.lstm, {"weight_hh_l0": weight_hh}, (x, state))
+        return self._loop(x, state, masks, weight_hh)
+
+    def _forward_per_replica(
+        self, x: torch.Tensor, state: LayerState
+    ) -> tuple[torch.Tensor, LayerState]:
+        """One weight mask per replica: run each replica's rows with its own U ∘ M."""
+        replicas = self.replicas
+        outputs, hs, cs = [], [], []
+        self.replicas = 1
+        try:
+            for xs, h, c in zip(
+                x.chunk(replicas, 1),
+                state[0].chunk(replicas, 1),
+                state[1].chunk(replicas, 1),
+                strict=True,
+            ):
+                out, (h, c) = self.forward(xs, (h, c))
+                outputs.append(out)
+                hs.append(h)
+                cs.append(c)
+        finally:
+            self.replicas = replicas
+        return torch.cat(outputs, 1), (torch.cat(hs, 1), torch.cat(cs, 1))
+
+    def _loop(
+        self, x: torch.Tensor, state: LayerState, masks: StepMasks, weight_hh: torch.Tensor
+    ) -> tuple[torch.Tensor, LayerState]:
+        steps, batch, _ = x.shape
+        lstm = self.lstm
+        bias = lstm.bias_ih_l0 + lstm.bias_hh_l0
+        if masks.input is None:  # W x_t + b for all steps in one product
+            gx = torch.addmm(bias, x.reshape(steps * batch, -1), lstm.weight_ih_l0.t())
+            gx = gx.view(steps, batch, 4 * self.hidden_size)
+        else:  # untied: W_k (x_t ∘ z_k) for every gate k, still one batched product
+            masked = x.unsqueeze(1) * masks.input  # (T, 4, B, n)
+            masked = masked.expand(steps, 4, batch, self.input_size).transpose(0, 1)
+            w_gates = lstm.weight_ih_l0.view(4, self.hidden_size, self.input_size).transpose(1, 2)
+            gx = torch.bmm(masked.reshape(4, steps * batch, self.input_size), w_gates)
+            gx = gx.view(4, steps, batch, self.hidden_size).permute(1, 2, 0, 3)
+            gx = gx.reshape(steps, batch, 4 * self.hidden_size) + bias
+        h0, c0 = state
+        outputs, h, c = self._recurrence(
+            gx,
+            h0[0],
+            c0[0],
+            weight_hh,
+            masks.hidden,
+            masks.update,
+            masks.memory,
+            masks.zoneout_cell,
+            masks.zoneout_hidden,
+            self.dropout.memory_carried,
+        )
+        return outputs, (h.unsqueeze(0), c.unsqueeze(0))
+
+    def extra_repr(self) -> str:
+        return f"{self.input_size}, {self.hidden_size}, path={self.path.value}"

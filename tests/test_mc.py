@@ -1,0 +1,64 @@
+"""MC-dropout evaluation: averaged probabilities over K samples in one batched pass."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rnnreg.data import batchify
+from rnnreg.evaluate import evaluate, evaluate_mc
+from rnnreg.model import LanguageModel
+
+
+def setup(make_config, variant: str):
+    run = make_config(f"variant={variant}")
+    torch.manual_seed(0)
+    model = LanguageModel(30, run.model, run.variant)
+    source = batchify(torch.randint(0, 30, (400,), generator=torch.Generator().manual_seed(1)), 4)
+    return model, source
+
+
+@pytest.mark.parametrize("per_pass", [0, 2])
+def test_without_dropout_mc_equals_standard_evaluation(make_config, per_pass: int) -> None:
+    model, source = setup(make_config, "none")
+    standard = evaluate(model, source, bptt=8)
+    for samples in (1, 3):
+        mc = evaluate_mc(model, source, bptt=8, samples=samples, replicas_per_pass=per_pass)
+        assert mc.tokens == standard.tokens
+        assert mc.perplexity == pytest.approx(standard.perplexity, rel=1e-5)
+
+
+def test_mc_averages_probabilities_not_log_probabilities(make_config) -> None:
+    """The estimate equals exp(-mean log mean_k p_k) computed here by hand (one window)."""
+    model, source = setup(make_config, "gal")
+    model.reset_parameters(1.0)  # confident, mask-sensitive predictions
+    model.eval()
+    torch.manual_seed(5)
+    whole = evaluate_mc(model, source, bptt=source.size(0), samples=6)
+    torch.manual_seed(5)  # the same draws: the same six replicas over one window
+    model.set_mc_dropout(True, replicas=6)
+    with torch.no_grad():
+        logits, _ = model(source[:-1].repeat(1, 6), model.init_state(6 * source.size(1)))
+    model.set_mc_dropout(False)
+    log_p = torch.log_softmax(logits.double(), -1)
+    targets = source[1:].repeat(1, 6).unsqueeze(-1)
+    per_sample = log_p.gather(-1, targets).squeeze(-1).view(-1, 6, source.size(1))
+    expected = torch.exp(-torch.log(per_sample.exp().mean(1)).mean()).item()
+    assert whole.perplexity == pytest.approx(expected, rel=1e-6)
+    geometric = torch.exp(-per_sample.mean(1).mean()).item()  # averaging log-probabilities
+    assert whole.perplexity < geometric * 0.95  # Jensen: the mean of p is larger
+    standard = evaluate(model, source, bptt=8).perplexity
+    assert evaluate_mc(model, source, bptt=8, samples=6).perplexity != pytest.approx(standard)
+
+
+def test_replicas_get_independent_masks(make_config) -> None:
+    for variant in ("gal", "weight_drop", "zoneout"):
+        model, source = setup(make_config, variant)
+        model.eval()
+        model.set_mc_dropout(True, replicas=2)
+        inputs = source[:10].repeat(1, 2)
+        logits, _ = model(inputs, model.init_state(8))
+        assert not torch.allclose(logits[:, :4], logits[:, 4:]), variant
+        model.set_mc_dropout(False)
+        logits, _ = model(inputs, model.init_state(8))
+        assert torch.equal(logits[:, :4], logits[:, 4:]), variant
