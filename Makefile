@@ -15,7 +15,7 @@ endif
 RUN_DIR ?= outputs/runs/make-run/$(shell date +%Y-%m-%d_%H-%M-%S)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test lint format run data clean
+.PHONY: help setup test lint format run data bench clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -49,6 +49,9 @@ run: $(STAMP) ## set up, then a short real run on PTB (Zaremba small, 2 epochs, 
 
 data: $(STAMP) ## fetch (when online) and check the PTB files, print their sizes
 	$(PY) scripts/prepare_data.py
+
+bench: $(STAMP) ## training tokens/s of every variant relative to the fused baseline
+	$(PY) scripts/bench.py
 
 clean: ## remove .venv and caches (keeps outputs/ and data/)
 	rm -rf $(VENV) .pytest_cache .ruff_cache data/cache

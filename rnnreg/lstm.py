@@ -30,8 +30,10 @@ training-time masks on (MC-dropout evaluation).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from enum import Enum
+from typing import Any
 
 import torch
 from torch import nn
@@ -159,13 +161,14 @@ def recurrence(
             gates = gx[t] + per_gate.transpose(0, 1).reshape(h.size(0), 4 * hidden)
         else:
             gates = torch.addmm(gx[t], h * z_h, weight_hh.t())
-        i, f, g, o = gates.chunk(4, dim=1)
-        i, f, g, o = torch.sigmoid(i), torch.sigmoid(f), torch.tanh(g), torch.sigmoid(o)
-        update = i * g
+        # few, wide kernels: one sigmoid over all gates (the g block's is unused)
+        i, f, _, o = torch.sigmoid(gates).chunk(4, dim=1)
+        g = torch.tanh(gates[:, 2 * hidden : 3 * hidden])
         z_u = _at(update_mask, t)
         if z_u is not None:
-            update = update * z_u
-        c_new = f * c + update
+            c_new = torch.addcmul(f * c, i * z_u, g)
+        else:
+            c_new = torch.addcmul(f * c, i, g)
         z_m = _at(memory_mask, t)
         if z_m is not None and memory_carried:
             c_new = c_new * z_m
@@ -212,11 +215,16 @@ class LSTMLayer(nn.Module):
         if requested is LSTMPath.auto:
             requested = LSTMPath.loop if self.dropout.needs_loop else LSTMPath.fused
         self.path = requested
-        self._recurrence = recurrence
+        self._compiled: Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None
 
-    def compile_loop(self, **options: object) -> None:
-        """Run the loop's recurrence under ``torch.compile`` (no effect on the fused path)."""
-        self._recurrence = torch.compile(recurrence, **options)  # type: ignore[assignment]
+    def compile_loop(self, **options: Any) -> None:
+        """Train the loop's recurrence under ``torch.compile`` (no effect on the fused path).
+
+        Only passes that build a graph use it: evaluation (no grad) runs eagerly, so its
+        other batch sizes and window lengths cause no recompilation.
+        """
+        if self.path is LSTMPath.loop:
+            self._compiled = torch.compile(recurrence, **options)
 
     @property
     def stochastic(self) -> bool:
@@ -372,7 +380,10 @@ class LSTMLayer(nn.Module):
             gx = gx.view(4, steps, batch, self.hidden_size).permute(1, 2, 0, 3)
             gx = gx.reshape(steps, batch, 4 * self.hidden_size) + bias
         h0, c0 = state
-        outputs, h, c = self._recurrence(
+        run = (
+            self._compiled if self._compiled is not None and torch.is_grad_enabled() else recurrence
+        )
+        outputs, h, c = run(
             gx,
             h0[0],
             c0[0],

@@ -156,6 +156,7 @@ class Trainer:
         self.best_val_ppl = math.inf
         self.best_epoch = 0
         self.start_time = time.monotonic()
+        self.git_commit = git_commit()  # the code this process runs, read once at start
 
     # --- checkpoints ------------------------------------------------------------------
 
@@ -489,7 +490,7 @@ class Trainer:
             "wall_time_s": self._elapsed(),
             "torch_version": torch.__version__,
             "device": str(self.device),
-            "git_commit": git_commit(),
+            "git_commit": self.git_commit,
             "run_dir": str(self.run_dir),
             "config": as_plain_dict(run),
         }

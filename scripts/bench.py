@@ -1,7 +1,7 @@
 """Training throughput of every variant as a ratio to ``variant=none`` on the fused path.
 
     python scripts/bench.py                          # model=small and model=medium
-    python scripts/bench.py --models small --rounds 5 --steps 4 --compile
+    python scripts/bench.py --models small --rounds 5 --steps 4 --eager
 
 All configurations are built in one process and run round-robin (a few steps each, the
 order reversed every round), so that the drift of this machine between processes does
@@ -29,9 +29,12 @@ VOCAB = 10_000
 
 
 def build(model_name: str, variant: str, compile_loop: bool, extra: list[str]):
-    overrides = [f"model={model_name}", f"variant={variant}", *extra]
-    if compile_loop:
-        overrides.append("model.compile=true")
+    overrides = [
+        f"model={model_name}",
+        f"variant={variant}",
+        f"model.compile={str(compile_loop).lower()}",
+        *extra,
+    ]
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         run = to_run_config(compose("config", overrides=overrides))
     torch.manual_seed(0)
@@ -93,7 +96,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0)
-    parser.add_argument("--compile", action="store_true", help="torch.compile the loop path")
+    parser.add_argument(
+        "--eager",
+        dest="compile",
+        action="store_false",
+        help="run the loop path eagerly instead of under torch.compile",
+    )
     parser.add_argument("--override", nargs="*", default=[], help="extra config overrides")
     args = parser.parse_args()
     register()

@@ -66,6 +66,7 @@ def make_config(tmp_path: Path, tiny_data: Path) -> Callable[..., RunConfig]:
             f"dataset.cache_dir={tmp_path / 'cache'}",
             "model.embedding_size=16",
             "model.hidden_size=16",
+            "model.compile=false",  # compiled loops are tested with a fast backend
             "trainer.batch_size=4",
             "trainer.bptt=8",
             "eval.batch_size=4",

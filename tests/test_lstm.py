@@ -307,3 +307,17 @@ class TestWeightDrop:
             warnings.simplefilter("always")
             layer(x, state)[0].sum().backward()
         assert not caught, [str(w.message) for w in caught]
+
+
+def test_compiled_loop_computes_the_same_as_the_eager_loop() -> None:
+    """Traced by dynamo (the 'eager' backend keeps the test fast; inductor is the default)."""
+    dropout = VARIANTS["composed"]
+    layer = make_layer(**dropout).train()
+    layer.compile_loop(backend="eager")
+    x, state = inputs()
+    masks = layer.draw_masks(T, B, x.device, x.dtype)
+    out, _ = layer(x, state, masks)
+    ref, _ = reference(layer, x, state, masks)
+    torch.testing.assert_close(out, ref, rtol=1e-6, atol=1e-6)
+    out.sum().backward()
+    assert layer.lstm.weight_hh_l0.grad is not None

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from rnnreg.regularizers import ActivationDropout, Granularity, apply_mask, draw_mask, mask_shape
+from rnnreg.regularizers.masks import keep_from_bits, keep_from_uniform
 
 
 @pytest.mark.parametrize("p", [0.2, 0.5, 0.65])
@@ -93,3 +94,25 @@ def test_zero_rate_is_identity_in_training() -> None:
     dropout = ActivationDropout(0.0, "step").train()
     x = torch.randn(5, 2, 3)
     assert torch.equal(dropout(x), x)
+
+
+@pytest.mark.parametrize("sampler", [keep_from_bits, keep_from_uniform])
+@pytest.mark.parametrize("p", [0.0, 0.1, 0.5, 0.65])
+def test_both_samplers_drop_at_rate_p(sampler, p: float) -> None:
+    """The CPU (random bits) and accelerator (uniform) samplers, both checked here."""
+    generator = torch.Generator().manual_seed(7)
+    n = 400_000
+    keep = sampler((n,), p, torch.device("cpu"), generator)
+    assert keep.dtype == torch.bool and keep.shape == (n,)
+    rate = 1.0 - keep.float().mean().item()
+    assert abs(rate - p) < 5 * math.sqrt(max(p * (1 - p), 1e-12) / n) + 2**-16
+    # neighbouring entries are independent (the words come from shared 64-bit draws)
+    pairs = keep[: n // 4 * 4].view(-1, 4).float()
+    both = (pairs[:, 0] * pairs[:, 1]).mean().item()
+    assert abs(both - (1 - p) ** 2) < 0.01
+
+
+def test_generator_makes_masks_reproducible() -> None:
+    first = draw_mask((50, 50), 0.3, generator=torch.Generator().manual_seed(3))
+    second = draw_mask((50, 50), 0.3, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(first, second)
