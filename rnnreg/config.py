@@ -80,6 +80,15 @@ class DatasetConfig:
             self.cache_dir = str(Path(self.cache_dir).expanduser().resolve())
 
 
+class InitScheme(str, Enum):
+    """``uniform``: every parameter, biases included, from U(-init_range, init_range)
+    (Zaremba, Gal). ``awd``: embedding and decoder weight from U(-init_range, init_range),
+    decoder bias 0, each LSTM's parameters from U(-1/sqrt(H), 1/sqrt(H)) (AWD-LSTM)."""
+
+    uniform = "uniform"
+    awd = "awd"
+
+
 @dataclass
 class ModelConfig:
     """An embedding, a stack of single-layer LSTMs and a linear decoder."""
@@ -89,7 +98,9 @@ class ModelConfig:
     embedding_size: int = 200
     hidden_size: int = 200
     num_layers: int = 2
-    #: Every parameter, biases included, is drawn from U(-init_range, init_range).
+    #: Output size of the last layer (AWD-LSTM: the embedding size, for tying); null: hidden.
+    last_hidden_size: int | None = None
+    init_scheme: InitScheme = InitScheme.uniform
     init_range: float = 0.1
     tie_weights: bool = False
     #: How each LSTM layer runs: ``fused`` (nn.LSTM/cuDNN), ``loop`` (masks inside the
@@ -104,11 +115,17 @@ class ModelConfig:
         for name in ("embedding_size", "hidden_size", "num_layers"):
             _check_positive("model", name, getattr(self, name))
         _check_positive("model", "init_range", self.init_range, allow_zero=True)
-        if self.tie_weights and self.embedding_size != self.hidden_size:
+        if self.tie_weights and self.embedding_size != self.output_size:
             raise RnnregError(
-                "model.tie_weights=true needs model.embedding_size == model.hidden_size "
-                f"(got {self.embedding_size} and {self.hidden_size})"
+                "model.tie_weights=true needs the last layer's output size "
+                f"({self.output_size}) to equal model.embedding_size ({self.embedding_size}); "
+                "set model.last_hidden_size"
             )
+
+    @property
+    def output_size(self) -> int:
+        """The size of the last layer's output, which enters the decoder."""
+        return self.last_hidden_size or self.hidden_size
 
 
 class GateMasks(str, Enum):
@@ -159,10 +176,16 @@ class VariantConfig:
     p_weight: float = 0.0
     #: Inverted scaling (1/(1-p) in training) of every mask but zoneout's and the update's.
     scale: bool = True
+    #: Activation regularization, α · mean(h_t²) on the dropped output of the last layer.
+    ar_alpha: float = 0.0
+    #: Temporal activation regularization, β · mean((h_t - h_{t-1})²) on its undropped output.
+    tar_beta: float = 0.0
 
     def __post_init__(self) -> None:
         for name in self.rate_names():
             _check_rate("variant", name, getattr(self, name))
+        _check_positive("variant", "ar_alpha", self.ar_alpha, allow_zero=True)
+        _check_positive("variant", "tar_beta", self.tar_beta, allow_zero=True)
 
     @classmethod
     def rate_names(cls) -> list[str]:
@@ -179,6 +202,13 @@ class VariantConfig:
 class Schedule(str, Enum):
     step = "step"
     plateau = "plateau"
+
+
+class Averaging(str, Enum):
+    """``nonmonotone``: NT-ASGD, SGD until validation stops improving, then averaged SGD."""
+
+    off = "off"
+    nonmonotone = "nonmonotone"
 
 
 @dataclass
@@ -198,6 +228,10 @@ class OptimConfig:
     #: Clip the global gradient norm to this value; 0 disables clipping.
     clip_grad_norm: float = 5.0
     weight_decay: float = 0.0
+    #: NT-ASGD: switch to averaged SGD when the validation loss is worse than the best of
+    #: the evaluations before the last ``nonmono``; averaged weights are then evaluated.
+    averaging: Averaging = Averaging.off
+    nonmono: int = 5
     #: Sum the per-step batch-mean loss over the BPTT steps (the papers' convention),
     #: i.e. backpropagate ``bptt x`` the token-mean cross-entropy.
     loss_sum_over_time: bool = True
@@ -213,6 +247,13 @@ class OptimConfig:
         _check_positive("optim", "weight_decay", self.weight_decay, allow_zero=True)
 
 
+class Stage(str, Enum):
+    """``finetune``: restart averaged SGD from ``trainer.init_from``'s best weights (AWD)."""
+
+    train = "train"
+    finetune = "finetune"
+
+
 @dataclass
 class TrainerConfig:
     epochs: int = 13
@@ -220,6 +261,12 @@ class TrainerConfig:
     max_steps: int | None = None
     batch_size: int = 20
     bptt: int = 20
+    #: AWD-LSTM's variable BPTT: base = bptt w.p. 0.95 else bptt/2, length =
+    #: max(5, round(N(base, 5))), the step's learning rate scaled by length / bptt.
+    variable_bptt: bool = False
+    stage: Stage = Stage.train
+    #: The run directory whose best weights a fine-tuning stage starts from.
+    init_from: str | None = None
     device: Device = Device.auto
     #: Continue the run found in the run directory (``hydra.run.dir=<dir>``).
     resume: bool = False
@@ -236,6 +283,10 @@ class TrainerConfig:
         if self.max_steps is not None:
             _check_positive("trainer", "max_steps", self.max_steps)
         _check_positive("trainer", "threads", self.threads, allow_zero=True)
+        if self.stage is Stage.finetune and not self.init_from:
+            raise RnnregError(
+                "trainer.stage=finetune needs trainer.init_from=<the trained run's directory>"
+            )
 
 
 @dataclass

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import random
 import socket
 import threading
 from collections import Counter
@@ -263,10 +264,8 @@ def num_windows(source: torch.Tensor, bptt: int) -> int:
 
 
 def window(source: torch.Tensor, index: int, bptt: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The ``index``-th window: inputs ``source[s:s+L]`` and targets ``source[s+1:s+1+L]``."""
-    start = index * bptt
-    length = min(bptt, source.size(0) - 1 - start)
-    return source[start : start + length], source[start + 1 : start + 1 + length]
+    """The ``index``-th fixed-length window."""
+    return window_at(source, index * bptt, bptt)
 
 
 def windows(
@@ -276,3 +275,15 @@ def windows(
     for index in range(start_index, num_windows(source, bptt)):
         inputs, targets = window(source, index, bptt)
         yield index, inputs, targets
+
+
+def variable_bptt_length(rng: random.Random, bptt: int) -> int:
+    """AWD-LSTM's window length: base = bptt w.p. 0.95 else bptt/2; max(5, round(N(base, 5)))."""
+    base = bptt if rng.random() < 0.95 else bptt / 2
+    return max(5, round(rng.gauss(base, 5)))
+
+
+def window_at(source: torch.Tensor, start: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs ``source[s:s+L]`` and targets ``source[s+1:s+1+L]``, cut at the end."""
+    length = min(length, source.size(0) - 1 - start)
+    return source[start : start + length], source[start + 1 : start + 1 + length]

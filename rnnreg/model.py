@@ -13,15 +13,25 @@ gate); tied, they are one mask applied here.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
-from rnnreg.config import GateMasks, ModelConfig, VariantConfig
+from rnnreg.config import GateMasks, InitScheme, ModelConfig, VariantConfig
 from rnnreg.lstm import InStepDropout, LSTMLayer
 from rnnreg.regularizers import ActivationDropout
 from rnnreg.regularizers.embedding import embed_with_type_dropout
 
 State = list[tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass
+class Activations:
+    """The last layer's output h^L (T, B, H) and h^L ∘ z_output, filled by a forward pass."""
+
+    last: torch.Tensor | None = None
+    last_dropped: torch.Tensor | None = None
 
 
 def in_step_dropout(variant: VariantConfig, layer_index: int) -> InStepDropout:
@@ -58,10 +68,11 @@ class LanguageModel(nn.Module):
         self.mc_dropout = False
         self.replicas = 1
         self.embedding = nn.Embedding(vocab_size, model.embedding_size)
-        input_sizes = [model.embedding_size] + [model.hidden_size] * (model.num_layers - 1)
+        output_sizes = [model.hidden_size] * (model.num_layers - 1) + [model.output_size]
+        input_sizes = [model.embedding_size, *output_sizes[:-1]]
         self.layers = nn.ModuleList(
-            LSTMLayer(size, model.hidden_size, in_step_dropout(variant, index), model.lstm_impl)
-            for index, size in enumerate(input_sizes)
+            LSTMLayer(n_in, n_out, in_step_dropout(variant, index), model.lstm_impl)
+            for index, (n_in, n_out) in enumerate(zip(input_sizes, output_sizes, strict=True))
         )
         if model.compile:
             for layer in self.layers:
@@ -75,10 +86,10 @@ class LanguageModel(nn.Module):
             0.0 if untied else variant.p_between, granularity, variant.scale
         )
         self.output_dropout = ActivationDropout(variant.p_output, granularity, variant.scale)
-        self.decoder = nn.Linear(model.hidden_size, vocab_size)
+        self.decoder = nn.Linear(model.output_size, vocab_size)
         if model.tie_weights:
             self.decoder.weight = self.embedding.weight
-        self.reset_parameters(model.init_range)
+        self.reset_parameters(model.init_range, model.init_scheme)
 
     @property
     def lstm_path(self) -> str:
@@ -86,11 +97,18 @@ class LanguageModel(nn.Module):
         paths = {layer.path.value for layer in self.layers}
         return paths.pop() if len(paths) == 1 else "mixed"
 
-    def reset_parameters(self, init_range: float) -> None:
-        """Every parameter, biases included, from U(-init_range, init_range), as in the papers."""
+    def reset_parameters(self, init_range: float, scheme: InitScheme = InitScheme.uniform) -> None:
+        """Initialise as the papers do (see :class:`InitScheme`)."""
         with torch.no_grad():
-            for parameter in self.parameters():
-                parameter.uniform_(-init_range, init_range)
+            if scheme is InitScheme.uniform:
+                for parameter in self.parameters():
+                    parameter.uniform_(-init_range, init_range)
+                return
+            self.embedding.weight.uniform_(-init_range, init_range)
+            self.decoder.weight.uniform_(-init_range, init_range)
+            self.decoder.bias.zero_()
+            for layer in self.layers:
+                layer.lstm.reset_parameters()  # U(-1/sqrt(H), 1/sqrt(H))
 
     def set_mc_dropout(self, enabled: bool, replicas: int = 1) -> None:
         """Keep the training-time masks on outside training (MC-dropout evaluation).
@@ -121,8 +139,14 @@ class LanguageModel(nn.Module):
             for layer in self.layers
         ]
 
-    def forward(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
-        """Logits (T, B, V) for ``tokens`` (T, B), and the state after the last step."""
+    def forward(
+        self, tokens: torch.Tensor, state: State, activations: Activations | None = None
+    ) -> tuple[torch.Tensor, State]:
+        """Logits (T, B, V) for ``tokens`` (T, B), and the state after the last step.
+
+        ``activations``, when given, receives the last layer's output before and after
+        its output mask (for AR/TAR).
+        """
         embedded = embed_with_type_dropout(
             self.embedding,
             tokens,
@@ -137,8 +161,10 @@ class LanguageModel(nn.Module):
                 x = self.between_dropout(x)
             x, (h, c) = layer(x, state[index])
             new_state.append((h, c))
-        logits = self.decoder(self.output_dropout(x))
-        return logits, new_state
+        dropped = self.output_dropout(x)
+        if activations is not None:
+            activations.last, activations.last_dropped = x, dropped
+        return self.decoder(dropped), new_state
 
 
 def detach_state(state: State) -> State:

@@ -18,7 +18,16 @@ import torch
 
 from rnnreg import PROJECT_ROOT, RnnregError
 
-METRICS_COLUMNS = ("epoch", "step", "lr", "train_ppl", "val_ppl", "tokens_per_s", "elapsed_s")
+METRICS_COLUMNS = (
+    "epoch",
+    "step",
+    "lr",
+    "train_ppl",
+    "val_ppl",
+    "tokens_per_s",
+    "elapsed_s",
+    "averaged",
+)
 
 
 def atomic_write_bytes(path: Path, payload: bytes) -> None:

@@ -26,11 +26,11 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from rnnreg import RnnregError
-from rnnreg.config import Device, Progress, RunConfig, as_plain_dict
-from rnnreg.data import Corpus, batchify, load_corpus, num_windows, windows
+from rnnreg.config import Averaging, Device, Progress, RunConfig, Stage, as_plain_dict
+from rnnreg.data import Corpus, batchify, load_corpus, variable_bptt_length, window_at
 from rnnreg.evaluate import evaluate, evaluate_mc
-from rnnreg.model import LanguageModel, State, count_parameters, detach_state
-from rnnreg.optim import build_optimizer
+from rnnreg.model import Activations, LanguageModel, State, count_parameters, detach_state
+from rnnreg.optim import NonMonotoneAveraging, build_optimizer
 from rnnreg.records import (
     MetricsCsv,
     TensorBoard,
@@ -39,6 +39,7 @@ from rnnreg.records import (
     save_checkpoint,
     write_summary,
 )
+from rnnreg.regularizers.activations import activation_regularization
 
 log = logging.getLogger(__name__)
 
@@ -136,15 +137,16 @@ class Trainer:
         seed_everything(run.seed)
         self.model = LanguageModel(self.corpus.vocab_size, run.model, run.variant).to(self.device)
         self.optimizer, self.schedule = build_optimizer(run.optim, self.model.parameters())
+        self.averaging = NonMonotoneAveraging(run.optim.nonmono)
+        self.length_rng = random.Random(run.seed)  # variable BPTT lengths
         t = run.trainer
         self.train_data = batchify(self.corpus.train, t.batch_size).to(self.device)
         self.valid_data = batchify(self.corpus.valid, run.eval.batch_size).to(self.device)
         self.test_data = batchify(self.corpus.test, run.eval.test_batch_size).to(self.device)
-        self.windows_per_epoch = num_windows(self.train_data, t.bptt)
         self.stop = StopRequest()
         # Progress, restored from a checkpoint on resume.
         self.epochs_done = 0
-        self.window = 0
+        self.position = 0  # the first row of the next window in the current epoch
         self.step = 0
         self.state: State | None = None
         self.epoch_nll = 0.0
@@ -155,6 +157,7 @@ class Trainer:
         self.elapsed_before = 0.0
         self.best_val_ppl = math.inf
         self.best_epoch = 0
+        self.finished = False  # a fine-tuning stage that stopped improving
         self.start_time = time.monotonic()
         self.git_commit = git_commit()  # the code this process runs, read once at start
 
@@ -168,9 +171,11 @@ class Trainer:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "schedule": self.schedule.state_dict(),
+            "averaging": self.averaging.state_dict(),
             "rng": _rng_state(),
+            "length_rng": self.length_rng.getstate(),
             "epochs_done": self.epochs_done,
-            "window": self.window,
+            "position": self.position,
             "hidden": None if self.state is None else [list(hc) for hc in self.state],
             "epoch_nll": self.epoch_nll,
             "epoch_tokens": self.epoch_tokens,
@@ -181,6 +186,7 @@ class Trainer:
             "elapsed_s": self._elapsed(),
             "best_val_ppl": self.best_val_ppl,
             "best_epoch": self.best_epoch,
+            "finished": self.finished,
             "config": as_plain_dict(self.run),
         }
 
@@ -199,15 +205,17 @@ class Trainer:
             self.model.load_state_dict(ckpt["model"])
             self.optimizer.load_state_dict(ckpt["optimizer"])
             self.schedule.load_state_dict(ckpt["schedule"])
+            self.averaging.load_state_dict(ckpt["averaging"], self.model)
         except (RuntimeError, ValueError, KeyError) as exc:
             raise RnnregError(
                 f"checkpoint {path} does not fit this configuration ({str(exc).splitlines()[0]}); "
                 "resume with the run's own config (see its .hydra/overrides.yaml)"
             ) from exc
         _set_rng_state(ckpt["rng"])
+        self.length_rng.setstate(ckpt["length_rng"])
         for key in (
             "epochs_done",
-            "window",
+            "position",
             "epoch_nll",
             "epoch_tokens",
             "epoch_seconds",
@@ -216,16 +224,17 @@ class Trainer:
             "train_tokens",
             "best_val_ppl",
             "best_epoch",
+            "finished",
         ):
             setattr(self, key, ckpt[key])
         self.elapsed_before = ckpt["elapsed_s"]
         hidden = ckpt["hidden"]
         self.state = None if hidden is None else [(h, c) for h, c in hidden]
         log.info(
-            "resumed from %s: %d epochs done, window %d, step %d",
+            "resumed from %s: %d epochs done, row %d, step %d",
             path,
             self.epochs_done,
-            self.window,
+            self.position,
             self.step,
         )
 
@@ -239,21 +248,45 @@ class Trainer:
         return mode is Progress.bar or (mode is Progress.auto and sys.stderr.isatty())
 
     def _train_step(self, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[float, float]:
-        """One optimizer step on a window; returns (summed token NLL, gradient norm)."""
+        """One optimizer step on a window; returns (summed token NLL, gradient norm).
+
+        loss = NLL (token mean; × L with ``loss_sum_over_time``) + AR + TAR. With variable
+        BPTT the step's learning rate is scaled by L / bptt.
+        """
         assert self.state is not None
-        logits, state = self.model(inputs, self.state)
+        run = self.run
+        variant = run.variant
+        regularize = variant.ar_alpha > 0 or variant.tar_beta > 0
+        activations = Activations() if regularize else None
+        logits, state = self.model(inputs, self.state, activations)
         self.state = detach_state(state)
         nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1))
-        loss = nll * inputs.size(0) if self.run.optim.loss_sum_over_time else nll
+        loss = nll * inputs.size(0) if run.optim.loss_sum_over_time else nll
+        if activations is not None:
+            assert activations.last is not None and activations.last_dropped is not None
+            loss = loss + activation_regularization(
+                activations.last, activations.last_dropped, variant.ar_alpha, variant.tar_beta
+            )
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        max_norm = self.run.optim.clip_grad_norm or math.inf
+        max_norm = run.optim.clip_grad_norm or math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
         value = nll.item()
         if not math.isfinite(value):
             return value, float(grad_norm)
+        scale = inputs.size(0) / run.trainer.bptt if run.trainer.variable_bptt else 1.0
+        base_lrs = [group["lr"] for group in self.optimizer.param_groups]
+        for group in self.optimizer.param_groups:
+            group["lr"] *= scale
         self.optimizer.step()
+        for group, lr in zip(self.optimizer.param_groups, base_lrs, strict=True):
+            group["lr"] = lr
+        self.averaging.update(self.model)
         return value * targets.numel(), float(grad_norm)
+
+    def _next_length(self) -> int:
+        t = self.run.trainer
+        return variable_bptt_length(self.length_rng, t.bptt) if t.variable_bptt else t.bptt
 
     def _run_epoch(self, tb: TensorBoard) -> str:
         """Train the rest of the current epoch.
@@ -262,7 +295,7 @@ class Trainer:
         """
         t = self.run.trainer
         epoch = self.epochs_done + 1
-        if self.window == 0:
+        if self.position == 0:
             self.state = self.model.init_state(t.batch_size)
             self.epoch_nll, self.epoch_tokens, self.epoch_seconds = 0.0, 0, 0.0
         self.model.train()
@@ -271,7 +304,7 @@ class Trainer:
         if self._show_bar():
             bar = tqdm(
                 total=self.windows_per_epoch,
-                initial=self.window,
+                initial=self.position // t.bptt,
                 desc=f"epoch {epoch}",
                 unit="win",
                 dynamic_ncols=True,
@@ -279,7 +312,9 @@ class Trainer:
             )
         interval_nll, interval_tokens, interval_start = 0.0, 0, time.monotonic()
         try:
-            for index, inputs, targets in windows(self.train_data, t.bptt, self.window):
+            last_row = self.train_data.size(0) - 1
+            while self.position < last_row:
+                inputs, targets = window_at(self.train_data, self.position, self._next_length())
                 started = time.monotonic()
                 nll_sum, grad_norm = self._train_step(inputs, targets)
                 if not math.isfinite(nll_sum):
@@ -294,7 +329,7 @@ class Trainer:
                     return "diverged"
                 seconds = time.monotonic() - started
                 self.step += 1
-                self.window = index + 1
+                self.position += inputs.size(0)
                 n = targets.numel()
                 self.epoch_nll += nll_sum
                 self.epoch_tokens += n
@@ -321,10 +356,10 @@ class Trainer:
                     )
                     if bar is None:
                         log.info(
-                            "epoch %d  window %d/%d  step %d  lr %.4g  ppl %.2f  %.0f tok/s",
+                            "epoch %d  row %d/%d  step %d  lr %.4g  ppl %.2f  %.0f tok/s",
                             epoch,
-                            self.window,
-                            self.windows_per_epoch,
+                            self.position,
+                            last_row,
                             self.step,
                             self._lr(),
                             ppl,
@@ -337,7 +372,7 @@ class Trainer:
                     return "stopped"
                 if (
                     t.checkpoint_every_s
-                    and self.window < self.windows_per_epoch
+                    and self.position < last_row
                     and time.monotonic() - last_checkpoint >= t.checkpoint_every_s
                 ):
                     self.save()
@@ -347,10 +382,15 @@ class Trainer:
                 bar.close()
         return "done"
 
-    def _end_epoch(self, tb: TensorBoard, metrics: MetricsCsv) -> float:
-        """Validate, record the epoch, keep the best weights, checkpoint; returns val ppl."""
+    def _end_epoch(self, tb: TensorBoard, metrics: MetricsCsv) -> bool:
+        """Validate, record the epoch, keep the best weights, checkpoint.
+
+        Returns True when a fine-tuning stage has stopped improving (AWD's rule).
+        """
         epoch = self.epochs_done + 1
-        val = evaluate(self.model, self.valid_data, self.run.eval.bptt)
+        averaged = self.averaging.active
+        evaluated = self.averaging.eval_model(self.model)
+        val = evaluate(evaluated, self.valid_data, self.run.eval.bptt)
         train_ppl = math.exp(self.epoch_nll / max(self.epoch_tokens, 1))
         rate = self.epoch_tokens / max(self.epoch_seconds, 1e-9)
         lr = self._lr()
@@ -363,6 +403,7 @@ class Trainer:
                 "val_ppl": round(val.perplexity, 4),
                 "tokens_per_s": round(rate, 1),
                 "elapsed_s": round(self._elapsed(), 1),
+                "averaged": int(averaged),
             }
         )
         tb.scalars(
@@ -374,15 +415,16 @@ class Trainer:
                 "epoch/lr": lr,
                 "epoch/tokens_per_s": rate,
                 "epoch/epoch": epoch,
+                "epoch/averaged": float(averaged),
             },
         )
-        tb.flush()
         log.info(
-            "epoch %d done: lr %.4g  train ppl %.2f  val ppl %.2f  %.0f tok/s",
+            "epoch %d done: lr %.4g  train ppl %.2f  val ppl %.2f%s  %.0f tok/s",
             epoch,
             lr,
             train_ppl,
             val.perplexity,
+            " (averaged weights)" if averaged else "",
             rate,
         )
         if val.perplexity < self.best_val_ppl:
@@ -390,18 +432,41 @@ class Trainer:
             save_checkpoint(
                 self.ckpt_dir / BEST,
                 {
-                    "model": self.model.state_dict(),
+                    "model": evaluated.state_dict(),
                     "epoch": epoch,
                     "val_ppl": val.perplexity,
                     "config": as_plain_dict(self.run),
                 },
             )
+        if self.run.trainer.stage is Stage.finetune:
+            self.finished = self.averaging.stalled(val.loss)
+            self.averaging.history.append(val.loss)
+        elif self.run.optim.averaging is Averaging.nonmonotone:
+            if self.averaging.observe(val.loss, epoch, self.model):
+                log.info("epoch %d: validation stalled, switching to averaged SGD", epoch)
+                tb.scalars(self.step, {"epoch/asgd_switch_epoch": epoch})
+        tb.flush()
         self.epochs_done = epoch
-        self.window = 0
+        self.position = 0
         self.state = None
         self.schedule.step(val.loss)
         self.save()
-        return val.perplexity
+        return self.finished
+
+    def _start_finetune(self) -> None:
+        """Load the best weights of ``trainer.init_from`` and average from the first step."""
+        source = Path(str(self.run.trainer.init_from)).expanduser()
+        path = source if source.suffix == ".pt" else source / "checkpoints" / BEST
+        ckpt = load_checkpoint(path, map_location=self.device)
+        try:
+            self.model.load_state_dict(ckpt["model"])
+        except RuntimeError as exc:
+            raise RnnregError(
+                f"{path} does not fit this model ({str(exc).splitlines()[0]}); fine-tune with "
+                "the same model and dataset as the trained run"
+            ) from exc
+        self.averaging.start(self.model, epoch=0)
+        log.info("fine-tuning from %s (its epoch %s)", path, ckpt.get("epoch"))
 
     def _final_evaluation(self) -> dict[str, float]:
         """Test perplexity of the best weights; with ``eval.mc_samples`` also MC dropout."""
@@ -426,6 +491,8 @@ class Trainer:
                 f"{self.run_dir} already holds a run; add trainer.resume=true to continue it, "
                 "or choose another hydra.run.dir"
             )
+        elif t.stage is Stage.finetune:
+            self._start_finetune()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         metrics = MetricsCsv(self.run_dir / "metrics.csv")
         if t.resume:
@@ -435,13 +502,17 @@ class Trainer:
         outcome = "done"
         try:
             with self.stop.installed():
-                while self.epochs_done < t.epochs and not (
-                    t.max_steps is not None and self.step >= t.max_steps
+                while (
+                    not self.finished
+                    and self.epochs_done < t.epochs
+                    and not (t.max_steps is not None and self.step >= t.max_steps)
                 ):
                     outcome = self._run_epoch(tb)
                     if outcome in ("stopped", "diverged"):
                         break
-                    self._end_epoch(tb, metrics)
+                    if self._end_epoch(tb, metrics):
+                        log.info("fine-tuning stopped improving after epoch %d", self.epochs_done)
+                        break
                     if outcome == "max_steps":
                         break
             if outcome == "stopped":
@@ -486,6 +557,9 @@ class Trainer:
             "val_ppl_mc": final.get("val_ppl_mc"),
             "test_ppl_mc": final.get("test_ppl_mc"),
             "lstm_path": self.model.lstm_path,
+            "stage": run.trainer.stage.value,
+            "init_from": run.trainer.init_from,
+            "asgd_switch_epoch": self.averaging.switch_epoch,
             "tokens_per_s": self.train_tokens / self.train_seconds if self.train_seconds else None,
             "wall_time_s": self._elapsed(),
             "torch_version": torch.__version__,

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
@@ -19,6 +20,9 @@ REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = Path(os.environ.get("RNNREG_DATA_DIR") or REPO.parent / "shared" / "data").resolve()
 
 register()
+# One intra-op thread: the tiny models here gain nothing from two, and a second process
+# (a training run beside the tests) would otherwise make OpenMP threads wait on each other.
+torch.set_num_threads(1)
 
 
 def write_tiny_corpus(root: Path, name: str = "ptb", seed: int = 0) -> Path:

@@ -63,6 +63,7 @@ def test_hydra_run_writes_tensorboard_csv_and_summary(tiny_data: Path, tmp_path:
         "val_ppl",
         "tokens_per_s",
         "elapsed_s",
+        "averaged",
     }
     assert rows[0]["step"] == "20" and float(rows[0]["val_ppl"]) > 1
 
@@ -142,7 +143,7 @@ def test_resume_after_a_signal_mid_epoch_equals_an_uninterrupted_run(
     assert summary["status"] == "interrupted" and summary["steps"] == 130
     monkeypatch.setattr(Trainer, "_train_step", original)
     ckpt = load_checkpoint(tmp_path / "cut" / "checkpoints" / LAST)
-    assert ckpt["epochs_done"] == 1 and ckpt["window"] > 0
+    assert ckpt["epochs_done"] == 1 and ckpt["position"] > 0
 
     Trainer(make_config(*RESUME_SETTINGS, "trainer.resume=true"), tmp_path / "cut").fit()
     assert _outcome(tmp_path / "cut") == expected
@@ -169,7 +170,7 @@ def test_resume_after_a_crash_uses_the_last_periodic_checkpoint(
         Trainer(make_config(*settings), tmp_path / "cut").fit()
     monkeypatch.setattr(Trainer, "_train_step", original)
     ckpt = load_checkpoint(tmp_path / "cut" / "checkpoints" / LAST)
-    assert ckpt["step"] == 159 and ckpt["window"] > 0
+    assert ckpt["step"] == 159 and ckpt["position"] > 0
 
     Trainer(make_config(*settings, "trainer.resume=true"), tmp_path / "cut").fit()
     assert _outcome(tmp_path / "cut") == expected
