@@ -15,7 +15,7 @@ endif
 RUN_DIR ?= outputs/runs/make-run/$(shell date +%Y-%m-%d_%H-%M-%S)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test lint format run data bench clean
+.PHONY: help setup test lint format run data bench report clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -52,6 +52,9 @@ data: $(STAMP) ## fetch (when online) and check the PTB files, print their sizes
 
 bench: $(STAMP) ## training tokens/s of every variant relative to the fused baseline
 	$(PY) scripts/bench.py
+
+report: $(STAMP) ## the perplexity table of every run under outputs/ (or OUTPUTS=dir)
+	$(PY) -m rnnreg.report
 
 clean: ## remove .venv and caches (keeps outputs/ and data/)
 	rm -rf $(VENV) .pytest_cache .ruff_cache data/cache

@@ -109,6 +109,14 @@ class TensorBoard:
         for tag, value in values.items():
             self.writer.add_scalar(tag, value, step)
 
+    def hparams(self, params: dict[str, Any], metrics: dict[str, float]) -> None:
+        """The run's hyperparameters and final metrics for TensorBoard's HParams dashboard,
+        written into the run's own event folder so runs compare side by side."""
+        clean = {
+            k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in params.items()
+        }
+        self.writer.add_hparams(clean, {f"hparam/{k}": v for k, v in metrics.items()}, run_name=".")
+
     def flush(self) -> None:
         self.writer.flush()
 

@@ -525,6 +525,7 @@ class Trainer:
                 return self._write_summary("diverged", None)
             final = self._final_evaluation()
             tb.scalars(self.step, {key.replace("_", "/", 1): v for key, v in final.items()})
+            tb.hparams(self._hparams(), {"best_val_ppl": self.best_val_ppl, **final})
             log.info(
                 "best val ppl %.2f (epoch %d); %s",
                 self.best_val_ppl,
@@ -534,6 +535,27 @@ class Trainer:
             return self._write_summary("completed", final)
         finally:
             tb.close()
+
+    def _hparams(self) -> dict[str, Any]:
+        """The knobs a comparison varies: names, sizes, rates, optimizer, seed."""
+        run = self.run
+        params: dict[str, Any] = {
+            "dataset": run.dataset.name,
+            "model": run.model.name,
+            "variant": run.variant.name,
+            "seed": run.seed,
+            "hidden_size": run.model.hidden_size,
+            "num_layers": run.model.num_layers,
+            "lstm_path": self.model.lstm_path,
+            "optim": run.optim.name,
+            "lr": run.optim.lr,
+            "epochs": run.trainer.epochs,
+            "batch_size": run.trainer.batch_size,
+            "bptt": run.trainer.bptt,
+            "stage": run.trainer.stage.value,
+        }
+        params.update(run.variant.rates())
+        return params
 
     def _write_summary(self, status: str, final: dict[str, float] | None) -> dict[str, Any]:
         run = self.run

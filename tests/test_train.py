@@ -92,6 +92,8 @@ def test_hydra_run_writes_tensorboard_csv_and_summary(tiny_data: Path, tmp_path:
     } <= tags
     assert [e.step for e in events.Scalars("train/ppl")] == [5, 10, 15, 20]
     assert events.Scalars("val/ppl")[0].value == pytest.approx(summary["best_val_ppl"], rel=1e-5)
+    hparams = events.PluginTagToContent("hparams")
+    assert "_hparams_/session_start_info" in hparams and "hparam/test_ppl" in tags
     assert (run_dir / "checkpoints" / "last.pt").is_file()
     assert (run_dir / ".hydra" / "config.yaml").is_file()
 

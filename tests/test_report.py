@@ -1,0 +1,161 @@
+"""The report on a synthetic outputs tree: numbers, groups, figures, what is left out."""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+
+from rnnreg import RnnregError
+from rnnreg.report import build_report, main
+
+
+def fake_run(
+    root: Path,
+    name: str,
+    *,
+    variant: str,
+    seed: int,
+    val: float,
+    test: float,
+    status: str = "completed",
+    mc: float | None = None,
+    epochs: int = 3,
+) -> None:
+    run = root / name
+    run.mkdir(parents=True)
+    summary = {
+        "status": status,
+        "dataset": "ptb",
+        "model": "small",
+        "variant": variant,
+        "seed": seed,
+        "best_val_ppl": val,
+        "test_ppl": test if status == "completed" else None,
+        "tokens_per_s": 1000.0 + seed,
+        "lstm_path": "loop" if variant == "gal" else "fused",
+        "params": 4_653_200,
+        "epochs": epochs,
+        "epochs_planned": 3,
+        "stage": "train",
+        "val_ppl_mc": None if mc is None else mc + 1,
+        "test_ppl_mc": mc,
+        "config": {"trainer": {"epochs": 3, "max_steps": None}},
+    }
+    (run / "summary.json").write_text(json.dumps(summary))
+    with open(run / "metrics.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(
+            ["epoch", "step", "lr", "train_ppl", "val_ppl", "tokens_per_s", "elapsed_s", "averaged"]
+        )
+        for epoch in range(1, epochs + 1):
+            writer.writerow([epoch, epoch * 10, 1.0, 200, val + 10 * (3 - epoch), 1000, 1, 0])
+
+
+@pytest.fixture
+def outputs(tmp_path: Path) -> Path:
+    root = tmp_path / "outputs"
+    for seed, (val, test) in enumerate([(120.0, 115.0), (122.0, 116.0), (121.0, 114.0)], 1):
+        fake_run(
+            root / "multiruns" / "a", f"{seed}_none", variant="none", seed=seed, val=val, test=test
+        )
+    for seed, (val, test, mc) in enumerate([(100.0, 96.0, 95.0), (104.0, 98.0, 96.5)], 1):
+        fake_run(
+            root / "runs" / "gal",
+            f"seed{seed}",
+            variant="gal",
+            seed=seed,
+            val=val,
+            test=test,
+            mc=mc,
+        )
+    fake_run(
+        root / "runs",
+        "cut",
+        variant="none",
+        seed=4,
+        val=300.0,
+        test=0.0,
+        status="interrupted",
+        epochs=1,
+    )
+    fake_run(
+        root / "runs",
+        "nan",
+        variant="zaremba",
+        seed=1,
+        val=900.0,
+        test=0.0,
+        status="diverged",
+        epochs=1,
+    )
+    return root
+
+
+def read_report(path: Path) -> dict[tuple[str, str], dict[str, str]]:
+    with open(path, newline="") as handle:
+        return {(row["variant"], row["evaluation"]): row for row in csv.DictReader(handle)}
+
+
+def test_report_numbers_equal_hand_computed_means_and_stds(outputs: Path) -> None:
+    build_report(outputs)
+    rows = read_report(outputs / "report" / "report.csv")
+    assert set(rows) == {("none", "standard"), ("gal_tied", "standard"), ("gal_tied", "mc")}
+    none = rows[("none", "standard")]
+    assert none["runs"] == "3" and none["seeds"] == "1 2 3"  # interrupted run not counted
+    assert float(none["val_mean"]) == pytest.approx(121.0)
+    assert float(none["val_std"]) == pytest.approx(statistics.stdev([120, 122, 121]))
+    assert float(none["test_mean"]) == pytest.approx(115.0)
+    assert float(none["test_std"]) == pytest.approx(1.0)
+    assert none["best_run"].endswith("1_none") and float(none["best_val"]) == 120.0
+    assert float(none["paper_test"]) == 114.5 and none["paper"] == "Zaremba2014"
+    assert float(none["test_minus_paper"]) == pytest.approx(0.5)
+    mc = rows[("gal_tied", "mc")]
+    assert float(mc["test_mean"]) == pytest.approx(95.75)
+    assert float(mc["val_mean"]) == pytest.approx(96.75)
+    assert mc["lstm_path"] == "loop"
+
+
+def test_markdown_lists_every_group_and_the_runs_left_out(outputs: Path) -> None:
+    markdown = build_report(outputs).read_text()
+    for fragment in (
+        "| ptb | small | none | 3 epochs | standard | 3 (1 2 3) | 121.00 ± 1.00",
+        "| gal_tied | 3 epochs | standard |",
+        "| gal_tied | 3 epochs | mc |",
+        "| interrupted | ptb | small | none | 4 |",
+        "| diverged | ptb | small | zaremba | 1 |",
+    ):
+        assert fragment in markdown, fragment
+
+
+def test_figures_are_valid_png_images(outputs: Path) -> None:
+    from PIL import Image
+
+    markdown = build_report(outputs).read_text()
+    figures = sorted((outputs / "report" / "figures").glob("*.png"))
+    assert [f.name for f in figures] == ["test_ptb_small.png", "val_curve_ptb_small.png"]
+    for figure in figures:
+        assert f"figures/{figure.name}" in markdown
+        with Image.open(figure) as image:
+            image.verify()
+        with Image.open(figure) as image:
+            assert image.format == "PNG" and image.size[0] > 300 and image.size[1] > 200
+
+
+def test_empty_outputs_give_a_clear_message(tmp_path: Path, capsys) -> None:
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(RnnregError, match="no runs found"):
+        build_report(tmp_path / "empty")
+    assert main(["--outputs", str(tmp_path / "empty")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("rnnreg: error: no runs found")
+    assert main(["--outputs", str(tmp_path / "missing")]) == 2
+
+
+def test_a_summary_being_written_is_skipped(outputs: Path) -> None:
+    (outputs / "runs" / "cut" / "summary.json").write_text('{"status": "runn')
+    rows = read_report(build_report(outputs).with_suffix(".csv"))
+    assert rows[("none", "standard")]["runs"] == "3"
