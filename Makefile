@@ -14,12 +14,22 @@ endif
 
 RUN_DIR ?= outputs/runs/make-run/$(shell date +%Y-%m-%d_%H-%M-%S)
 
+# The canonical comparison. A fixed sweep directory: running `make sweep` again continues
+# unfinished jobs from their checkpoints (trainer.auto_resume) and re-tests finished ones.
+VARIANTS := none,zaremba,moon,gal,gal_untied,semeniuta,zoneout,weight_drop
+SEEDS ?= 1,2,3
+SWEEP_EPOCHS ?= 3
+SWEEP_JOBS ?= 2
+SWEEP_DIR ?= outputs/multiruns/sweep-small
+PAPER_EXPERIMENTS := zaremba_medium,zaremba_large,gal_medium,gal_medium_untied,gal_large,gal_large_untied,moon_medium,zoneout_large,semeniuta_small,awd_ptb
+PAPER_DIR ?= outputs/multiruns/sweep-paper
+
 .DEFAULT_GOAL := help
-.PHONY: help setup test lint format run data bench report clean
+.PHONY: help setup test lint format run data bench sweep sweep-paper report clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
-		awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
+		awk 'BEGIN {FS = ":.*## "}; {printf "  make %-12s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +62,16 @@ data: $(STAMP) ## fetch (when online) and check the PTB files, print their sizes
 
 bench: $(STAMP) ## training tokens/s of every variant relative to the fused baseline
 	$(PY) scripts/bench.py
+
+sweep: $(STAMP) ## every variant x 3 seeds, model=small PTB, SWEEP_EPOCHS (3) epochs, 2 jobs at once
+	$(PY) -m rnnreg.train -m hydra/launcher=joblib hydra.launcher.n_jobs=$(SWEEP_JOBS) \
+		variant=$(VARIANTS) seed=$(SEEDS) model=small trainer.epochs=$(SWEEP_EPOCHS) \
+		trainer.auto_resume=true hydra.sweep.dir=$(abspath $(SWEEP_DIR))
+
+sweep-paper: $(STAMP) ## the paper presets x 3 seeds on SLURM GPUs (set RNNREG_SLURM_PARTITION)
+	$(PY) -m rnnreg.train -m hydra/launcher=slurm experiment=$(PAPER_EXPERIMENTS) \
+		seed=$(SEEDS) eval.mc_samples=100 trainer.device=cuda trainer.auto_resume=true \
+		hydra.sweep.dir=$(abspath $(PAPER_DIR))
 
 report: $(STAMP) ## the perplexity table of every run under outputs/ (or OUTPUTS=dir)
 	$(PY) -m rnnreg.report

@@ -270,6 +270,9 @@ class TrainerConfig:
     device: Device = Device.auto
     #: Continue the run found in the run directory (``hydra.run.dir=<dir>``).
     resume: bool = False
+    #: Continue the run directory's checkpoint if there is one, else start anew (sweeps,
+    #: requeued SLURM jobs).
+    auto_resume: bool = False
     #: torch intra-op threads; 0 keeps torch's default.
     threads: int = 0
     #: Also checkpoint inside an epoch at most this often (seconds; 0: epoch ends only).

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -91,6 +92,21 @@ def check_composes(argv: list[str]) -> None:
     to_run_config(cfg)
 
 
+def threads_per_job(launcher: Any) -> int:
+    """Torch threads for one job so that parallel jobs x threads <= cores (0: torch's default).
+
+    Only the joblib launcher runs jobs side by side on this machine; n_jobs <= 0 counts
+    back from the number of cores, as joblib does (-1: all of them).
+    """
+    if "joblib" not in str(launcher.get("_target_", "")):
+        return 0
+    cores = os.cpu_count() or 1
+    jobs = int(launcher.get("n_jobs") or -1)
+    if jobs <= 0:
+        jobs = max(1, cores + 1 + jobs)
+    return max(1, cores // jobs)
+
+
 def train(run: RunConfig, run_dir: Path, labels: dict[str, Any] | None = None) -> float:
     """Train ``run`` in ``run_dir``; return its best validation perplexity (inf if none)."""
     from rnnreg.trainer import Trainer  # torch is imported after Hydra has set up logging
@@ -105,8 +121,11 @@ def main(cfg: DictConfig) -> float:
     """Hydra's task function: returns the best validation perplexity, for sweepers."""
     try:
         hydra_cfg = HydraConfig.get()
+        run = to_run_config(cfg)
+        if run.trainer.threads == 0:
+            run.trainer.threads = threads_per_job(hydra_cfg.launcher)
         labels = {"experiment": hydra_cfg.runtime.choices.get("experiment")}
-        return train(to_run_config(cfg), Path(hydra_cfg.runtime.output_dir), labels)
+        return train(run, Path(hydra_cfg.runtime.output_dir), labels)
     except RnnregError as exc:
         print(f"rnnreg: error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None

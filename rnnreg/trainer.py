@@ -76,11 +76,20 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+#: SIGUSR2 is what SLURM sends ahead of a time-out or preemption (submitit's default).
+STOP_SIGNALS = tuple(
+    getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGUSR2") if hasattr(signal, name)
+)
+
+
 class StopRequest:
-    """Set by SIGINT/SIGTERM; the loop stops at the next step boundary and checkpoints."""
+    """Set by SIGINT/SIGTERM/SIGUSR2: the loop stops at the next step boundary and
+    checkpoints; then :meth:`forward` hands the signal to whoever listened before us
+    (submitit's handler requeues a preempted SLURM job, which then resumes)."""
 
     def __init__(self) -> None:
         self.signal: int | None = None
+        self.previous: dict[int, Any] = {}
 
     def __bool__(self) -> bool:
         return self.signal is not None
@@ -92,7 +101,7 @@ class StopRequest:
         if threading.current_thread() is not threading.main_thread():
             yield
             return
-        previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+        self.previous = {s: signal.getsignal(s) for s in STOP_SIGNALS}
 
         def handler(signum: int, frame: object) -> None:
             if self.signal is not None:  # a second signal: stop now
@@ -102,13 +111,19 @@ class StopRequest:
                 "%s received: stopping at the end of this step", signal.Signals(signum).name
             )
 
-        for sig in previous:
+        for sig in self.previous:
             signal.signal(sig, handler)
         try:
             yield
         finally:
-            for sig, old in previous.items():
+            for sig, old in self.previous.items():
                 signal.signal(sig, old)
+
+    def forward(self) -> None:
+        """Call the handler that was installed before ours for the signal received."""
+        previous = self.previous.get(self.signal) if self.signal is not None else None
+        if callable(previous):
+            previous(self.signal, None)
 
 
 class Trainer:
@@ -484,7 +499,7 @@ class Trainer:
     def fit(self) -> dict[str, Any]:
         """Train (or resume) to the end; write ``summary.json``; return the summary."""
         t = self.run.trainer
-        if t.resume:
+        if t.resume or (t.auto_resume and (self.ckpt_dir / LAST).exists()):
             self.restore()
         elif (self.ckpt_dir / LAST).exists():
             raise RnnregError(
@@ -495,9 +510,10 @@ class Trainer:
             self._start_finetune()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         metrics = MetricsCsv(self.run_dir / "metrics.csv")
-        if t.resume:
+        resumed = self.step > 0
+        if resumed:
             metrics.truncate_after(self.epochs_done)
-        tb = TensorBoard(self.run_dir / "tb", purge_step=self.step if t.resume else None)
+        tb = TensorBoard(self.run_dir / "tb", purge_step=self.step if resumed else None)
         self._write_summary("running", None)
         outcome = "done"
         try:
@@ -520,7 +536,9 @@ class Trainer:
                 log.warning(
                     "interrupted; resume with: trainer.resume=true hydra.run.dir=%s", self.run_dir
                 )
-                return self._write_summary("interrupted", None)
+                summary = self._write_summary("interrupted", None)
+                self.stop.forward()
+                return summary
             if outcome == "diverged":
                 return self._write_summary("diverged", None)
             final = self._final_evaluation()

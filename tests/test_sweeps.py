@@ -1,0 +1,128 @@
+"""Sweeps: joblib in parallel, the SLURM launcher config, preemption and requeue."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from rnnreg.config import CONF_DIR
+from rnnreg.report import build_report
+from rnnreg.train import threads_per_job
+from rnnreg.trainer import Trainer
+from tests.test_train import RESUME_SETTINGS, _outcome, train
+
+TINY = [
+    "model.embedding_size=16",
+    "model.hidden_size=16",
+    "trainer.batch_size=4",
+    "trainer.bptt=8",
+    "eval.batch_size=4",
+    "trainer.max_steps=15",
+]
+
+
+def test_two_job_joblib_multirun_gives_two_summaries_and_a_report(
+    tiny_data: Path, tmp_path: Path, python: str
+) -> None:
+    sweep = tmp_path / "sweep"
+    env = dict(os.environ, RNNREG_DATA_DIR=str(tiny_data), RNNREG_CACHE_DIR=str(tmp_path / "c"))
+    result = subprocess.run(
+        [
+            python,
+            "-m",
+            "rnnreg.train",
+            "-m",
+            "hydra/launcher=joblib",
+            "hydra.launcher.n_jobs=2",
+            "seed=1,2",
+            *TINY,
+            f"hydra.sweep.dir={sweep}",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    summaries = sorted(sweep.glob("*/summary.json"))
+    assert len(summaries) == 2
+    seen = [json.loads(path.read_text()) for path in summaries]
+    assert sorted(s["seed"] for s in seen) == [1, 2]
+    assert all(s["status"] == "completed" for s in seen)
+    cores = os.cpu_count() or 1
+    assert all(s["config"]["trainer"]["threads"] == max(1, cores // 2) for s in seen)
+    markdown = build_report(sweep).read_text()
+    assert "| ptb | small | none | 15 steps | standard | 2 (1 2) |" in markdown
+
+
+def test_threads_per_job_keeps_jobs_times_threads_within_the_cores() -> None:
+    cores = os.cpu_count() or 1
+    joblib = "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"
+    assert threads_per_job({"_target_": joblib, "n_jobs": 2}) == max(1, cores // 2)
+    assert threads_per_job({"_target_": joblib, "n_jobs": -1}) == 1
+    assert threads_per_job({"_target_": "hydra._internal.core_plugins.basic_launcher"}) == 0
+
+
+def test_slurm_launcher_config_composes(monkeypatch) -> None:
+    monkeypatch.setenv("RNNREG_SLURM_PARTITION", "gpu")
+    monkeypatch.setenv("RNNREG_SLURM_TIMEOUT_MIN", "720")
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=["hydra/launcher=slurm"], return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("submitit_launcher.SlurmLauncher")
+    assert (launcher.partition, launcher.timeout_min, launcher.gpus_per_task) == ("gpu", 720, 1)
+    assert launcher.max_num_timeout > 0 and launcher.signal_delay_s > 0
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGUSR2"), reason="needs POSIX signals")
+def test_a_preempted_job_checkpoints_hands_over_the_signal_and_resumes(
+    make_config, tmp_path: Path, monkeypatch
+) -> None:
+    """SLURM's USR2 mid-epoch: checkpoint, let submitit requeue, continue where it stopped."""
+    train(make_config(*RESUME_SETTINGS), tmp_path / "whole")
+    expected = _outcome(tmp_path / "whole")
+
+    requeued: list[int] = []
+    previous = signal.signal(signal.SIGUSR2, lambda signum, frame: requeued.append(signum))
+    original = Trainer._train_step
+    calls = {"n": 0}
+
+    def preempt(self, inputs, targets):
+        result = original(self, inputs, targets)
+        calls["n"] += 1
+        if calls["n"] == 170:
+            os.kill(os.getpid(), signal.SIGUSR2)
+        return result
+
+    monkeypatch.setattr(Trainer, "_train_step", preempt)
+    settings = (*RESUME_SETTINGS, "trainer.auto_resume=true")
+    try:
+        first = Trainer(make_config(*settings), tmp_path / "job").fit()
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+    assert first["status"] == "interrupted" and first["steps"] == 170
+    assert requeued == [signal.SIGUSR2]  # the launcher's handler got the signal after us
+
+    monkeypatch.setattr(Trainer, "_train_step", original)
+    requeue = Trainer(make_config(*settings), tmp_path / "job")  # same overrides, same dir
+    summary = requeue.fit()
+    assert summary["status"] == "completed" and summary["steps"] == expected_steps(tmp_path)
+    assert _outcome(tmp_path / "job") == expected
+
+
+def expected_steps(tmp_path: Path) -> int:
+    return json.loads((tmp_path / "whole" / "summary.json").read_text())["steps"]
+
+
+def test_auto_resume_without_a_checkpoint_starts_anew(make_config, tmp_path: Path) -> None:
+    summary = Trainer(
+        make_config("trainer.auto_resume=true", "trainer.max_steps=3"), tmp_path / "fresh"
+    ).fit()
+    assert summary["status"] == "completed" and summary["steps"] == 3
