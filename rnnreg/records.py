@@ -27,6 +27,7 @@ METRICS_COLUMNS = (
     "tokens_per_s",
     "elapsed_s",
     "averaged",
+    "asgd_switch_epoch",
 )
 
 

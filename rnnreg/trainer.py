@@ -153,6 +153,7 @@ class Trainer:
         self.model = LanguageModel(self.corpus.vocab_size, run.model, run.variant).to(self.device)
         self.optimizer, self.schedule = build_optimizer(run.optim, self.model.parameters())
         self.averaging = NonMonotoneAveraging(run.optim.nonmono)
+        self.penalty_sum = torch.zeros(2, device=self.device)  # AR, TAR since the last log
         self.length_rng = random.Random(run.seed)  # variable BPTT lengths
         t = run.trainer
         self.train_data = batchify(self.corpus.train, t.batch_size).to(self.device)
@@ -279,9 +280,11 @@ class Trainer:
         loss = nll * inputs.size(0) if run.optim.loss_sum_over_time else nll
         if activations is not None:
             assert activations.last is not None and activations.last_dropped is not None
-            loss = loss + activation_regularization(
+            ar, tar = activation_regularization(
                 activations.last, activations.last_dropped, variant.ar_alpha, variant.tar_beta
             )
+            loss = loss + ar + tar
+            self.penalty_sum += torch.stack([ar, tar]).detach()  # no sync: read when logged
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         max_norm = run.optim.clip_grad_norm or math.inf
@@ -326,6 +329,7 @@ class Trainer:
                 leave=False,
             )
         interval_nll, interval_tokens, interval_start = 0.0, 0, time.monotonic()
+        interval_steps = 0
         try:
             last_row = self.train_data.size(0) - 1
             while self.position < last_row:
@@ -353,6 +357,7 @@ class Trainer:
                 self.train_tokens += n
                 interval_nll += nll_sum
                 interval_tokens += n
+                interval_steps += 1
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(ppl=f"{math.exp(self.epoch_nll / self.epoch_tokens):.1f}")
@@ -369,6 +374,10 @@ class Trainer:
                             "train/tokens_per_s": rate,
                         },
                     )
+                    if self.run.variant.ar_alpha or self.run.variant.tar_beta:
+                        ar, tar = (self.penalty_sum / interval_steps).tolist()
+                        tb.scalars(self.step, {"train/ar": ar, "train/tar": tar})
+                    self.penalty_sum.zero_()
                     if bar is None:
                         log.info(
                             "epoch %d  row %d/%d  step %d  lr %.4g  ppl %.2f  %.0f tok/s",
@@ -381,6 +390,7 @@ class Trainer:
                             rate,
                         )
                     interval_nll, interval_tokens, interval_start = 0.0, 0, time.monotonic()
+                    interval_steps = 0
                 if t.max_steps is not None and self.step >= t.max_steps:
                     return "max_steps"
                 if self.stop:
@@ -409,6 +419,13 @@ class Trainer:
         train_ppl = math.exp(self.epoch_nll / max(self.epoch_tokens, 1))
         rate = self.epoch_tokens / max(self.epoch_seconds, 1e-9)
         lr = self._lr()
+        if self.run.trainer.stage is Stage.finetune:
+            self.finished = self.averaging.stalled(val.loss)
+            self.averaging.history.append(val.loss)
+        elif self.run.optim.averaging is Averaging.nonmonotone:
+            if self.averaging.observe(val.loss, epoch, self.model):
+                log.info("epoch %d: validation stalled, switching to averaged SGD", epoch)
+                tb.scalars(self.step, {"epoch/asgd_switch_epoch": epoch})
         metrics.append(
             {
                 "epoch": epoch,
@@ -419,6 +436,7 @@ class Trainer:
                 "tokens_per_s": round(rate, 1),
                 "elapsed_s": round(self._elapsed(), 1),
                 "averaged": int(averaged),
+                "asgd_switch_epoch": self.averaging.switch_epoch or "",
             }
         )
         tb.scalars(
@@ -453,13 +471,6 @@ class Trainer:
                     "config": as_plain_dict(self.run),
                 },
             )
-        if self.run.trainer.stage is Stage.finetune:
-            self.finished = self.averaging.stalled(val.loss)
-            self.averaging.history.append(val.loss)
-        elif self.run.optim.averaging is Averaging.nonmonotone:
-            if self.averaging.observe(val.loss, epoch, self.model):
-                log.info("epoch %d: validation stalled, switching to averaged SGD", epoch)
-                tb.scalars(self.step, {"epoch/asgd_switch_epoch": epoch})
         tb.flush()
         self.epochs_done = epoch
         self.position = 0

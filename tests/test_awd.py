@@ -64,9 +64,10 @@ def test_ar_and_tar_equal_hand_computed_values() -> None:
     last = torch.tensor([[[1.0, 2.0]], [[3.0, 5.0]]])  # (T=2, B=1, H=2)
     dropped = torch.tensor([[[2.0, 0.0]], [[0.0, 10.0]]])
     # AR = α · mean(4, 0, 0, 100) = 26 α ; TAR = β · mean((3-1)², (5-2)²) = 6.5 β
-    assert activation_regularization(last, dropped, 2.0, 0.0).item() == pytest.approx(52.0)
-    assert activation_regularization(last, dropped, 0.0, 1.0).item() == pytest.approx(6.5)
-    assert activation_regularization(last, dropped, 2.0, 1.0).item() == pytest.approx(58.5)
+    ar, tar = activation_regularization(last, dropped, 2.0, 1.0)
+    assert (ar.item(), tar.item()) == (pytest.approx(52.0), pytest.approx(6.5))
+    ar, tar = activation_regularization(last, dropped, 0.0, 0.5)
+    assert (ar.item(), tar.item()) == (0.0, pytest.approx(3.25))
 
 
 def test_variable_bptt_lengths_follow_the_distribution() -> None:
@@ -154,7 +155,9 @@ def test_trainer_switches_and_evaluates_and_saves_averaged_weights(
     summary = trainer.fit()
     assert summary["asgd_switch_epoch"] == 4
     with open(tmp_path / "run" / "metrics.csv", newline="") as handle:
-        assert [row["averaged"] for row in csv.DictReader(handle)] == ["0", "0", "0", "0", "1"]
+        rows = list(csv.DictReader(handle))
+    assert [row["averaged"] for row in rows] == ["0", "0", "0", "0", "1"]
+    assert [row["asgd_switch_epoch"] for row in rows] == ["", "", "", "4", "4"]
     averaged = trainer.averaging.averaged
     assert averaged is not None
     assert evaluated[3] is trainer.model and evaluated[4] is averaged.module
@@ -254,3 +257,15 @@ def test_wikitext2_preset_reads_its_files(make_config, tmp_path: Path) -> None:
     run = make_config("dataset=wikitext2", f"dataset.data_dir={root}", "trainer.max_steps=2")
     summary = Trainer(run, tmp_path / "run").fit()
     assert summary["dataset"] == "wikitext2" and summary["status"] == "completed"
+
+
+def test_ar_and_tar_are_logged(make_config, tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = make_config("variant=awd", "trainer.max_steps=10", "trainer.log_every_steps=5")
+    Trainer(run, tmp_path / "run").fit()
+    events = EventAccumulator(str(tmp_path / "run" / "tb"))
+    events.Reload()
+    ar = [e.value for e in events.Scalars("train/ar")]
+    tar = [e.value for e in events.Scalars("train/tar")]
+    assert len(ar) == len(tar) == 2 and all(v > 0 for v in ar + tar)

@@ -64,6 +64,7 @@ def test_hydra_run_writes_tensorboard_csv_and_summary(tiny_data: Path, tmp_path:
         "tokens_per_s",
         "elapsed_s",
         "averaged",
+        "asgd_switch_epoch",
     }
     assert rows[0]["step"] == "20" and float(rows[0]["val_ppl"]) > 1
 

@@ -7,15 +7,15 @@ import torch
 
 def activation_regularization(
     last: torch.Tensor, last_dropped: torch.Tensor, alpha: float, beta: float
-) -> torch.Tensor:
-    """AR + TAR on the last layer's output h_t (T, B, H):
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(AR, TAR) on the last layer's output h_t (T, B, H), both added to the loss:
 
-    AR  = α · mean((h_t ∘ z_output)²)      the dropped output, over t, b, units
-    TAR = β · mean((h_t - h_{t-1})²)        the undropped output, over t >= 2, b, units
+        AR  = α · mean((h_t ∘ z_output)²)      the dropped output, over t, b, units
+        TAR = β · mean((h_t - h_{t-1})²)        the undropped output, over t >= 2, b, units
     """
-    total = last.new_zeros(())
-    if alpha:
-        total = total + alpha * last_dropped.pow(2).mean()
+    ar = alpha * last_dropped.pow(2).mean() if alpha else last.new_zeros(())
     if beta and last.size(0) > 1:
-        total = total + beta * (last[1:] - last[:-1]).pow(2).mean()
-    return total
+        tar = beta * (last[1:] - last[:-1]).pow(2).mean()
+    else:
+        tar = last.new_zeros(())
+    return ar, tar
