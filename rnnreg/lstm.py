@@ -143,9 +143,11 @@ def recurrence(
     zoneout_hidden: torch.Tensor | None,
     memory_carried: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Run the step equations over ``gx`` = W x + b (T, B, 4H) from (h, c) (B, H).
+    """Run the step equations over ``gx`` = W x + b from (h, c) (B, H).
 
-    Masks as in :class:`StepMasks`. Returns the outputs (T, B, H) and the last (h, c).
+    ``gx`` is (T, B, 4H), or gate-major (T, 4, B, H) when ``hidden_mask`` is untied
+    (T|1, 4, B|1, H). Masks as in :class:`StepMasks`. Returns the outputs (T, B, H) and
+    the last (h, c).
     """
     steps = gx.size(0)
     hidden = h.size(-1)
@@ -154,16 +156,16 @@ def recurrence(
     outputs = []
     for t in range(steps):
         z_h = _at(hidden_mask, t)
-        if z_h is None:
-            gates = torch.addmm(gx[t], h, weight_hh.t())
-        elif untied_hidden:  # (h ∘ z_k) U_kᵀ for every gate k
-            per_gate = torch.bmm(h.unsqueeze(0) * z_h, u_gates)  # (4, B, H)
-            gates = gx[t] + per_gate.transpose(0, 1).reshape(h.size(0), 4 * hidden)
-        else:
-            gates = torch.addmm(gx[t], h * z_h, weight_hh.t())
         # few, wide kernels: one sigmoid over all gates (the g block's is unused)
-        i, f, _, o = torch.sigmoid(gates).chunk(4, dim=1)
-        g = torch.tanh(gates[:, 2 * hidden : 3 * hidden])
+        if untied_hidden:  # gate-major (4, B, H): W_k x + b_k + (h ∘ z_k) U_kᵀ, gate k
+            gates = torch.baddbmm(gx[t], h.unsqueeze(0) * z_h, u_gates)
+            sig = torch.sigmoid(gates)
+            i, f, o = sig[0], sig[1], sig[3]
+            g = torch.tanh(gates[2])
+        else:
+            gates = torch.addmm(gx[t], h if z_h is None else h * z_h, weight_hh.t())
+            i, f, _, o = torch.sigmoid(gates).chunk(4, dim=1)
+            g = torch.tanh(gates[:, 2 * hidden : 3 * hidden])
         z_u = _at(update_mask, t)
         if z_u is not None:
             c_new = torch.addcmul(f * c, i * z_u, g)
@@ -369,16 +371,24 @@ class LSTMLayer(nn.Module):
         steps, batch, _ = x.shape
         lstm = self.lstm
         bias = lstm.bias_ih_l0 + lstm.bias_hh_l0
+        size = self.hidden_size
+        # an untied z_h runs the step gate-major, (T, 4, B, H); else (T, B, 4H)
+        gate_major = masks.hidden is not None and masks.hidden.dim() == 4
         if masks.input is None:  # W x_t + b for all steps in one product
             gx = torch.addmm(bias, x.reshape(steps * batch, -1), lstm.weight_ih_l0.t())
-            gx = gx.view(steps, batch, 4 * self.hidden_size)
-        else:  # untied: W_k (x_t ∘ z_k) for every gate k, still one batched product
+            gx = gx.view(steps, batch, 4 * size)
+            if gate_major:
+                gx = gx.view(steps, batch, 4, size).transpose(1, 2).contiguous()
+        else:  # untied: W_k (x_t ∘ z_k) + b_k for every gate k, still one batched product
             masked = x.unsqueeze(1) * masks.input  # (T, 4, B, n)
             masked = masked.expand(steps, 4, batch, self.input_size).transpose(0, 1)
-            w_gates = lstm.weight_ih_l0.view(4, self.hidden_size, self.input_size).transpose(1, 2)
-            gx = torch.bmm(masked.reshape(4, steps * batch, self.input_size), w_gates)
-            gx = gx.view(4, steps, batch, self.hidden_size).permute(1, 2, 0, 3)
-            gx = gx.reshape(steps, batch, 4 * self.hidden_size) + bias
+            w_gates = lstm.weight_ih_l0.view(4, size, self.input_size).transpose(1, 2)
+            per_gate = torch.bmm(masked.reshape(4, steps * batch, self.input_size), w_gates)
+            per_gate = per_gate.view(4, steps, batch, size) + bias.view(4, 1, 1, size)
+            if gate_major:
+                gx = per_gate.transpose(0, 1).contiguous()
+            else:
+                gx = per_gate.permute(1, 2, 0, 3).reshape(steps, batch, 4 * size)
         h0, c0 = state
         run = (
             self._compiled if self._compiled is not None and torch.is_grad_enabled() else recurrence

@@ -10,8 +10,8 @@ def activation_regularization(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(AR, TAR) on the last layer's output h_t (T, B, H), both added to the loss:
 
-        AR  = α · mean((h_t ∘ z_output)²)      the dropped output, over t, b, units
-        TAR = β · mean((h_t - h_{t-1})²)        the undropped output, over t >= 2, b, units
+    AR  = α · mean((h_t ∘ z_output)²)      the dropped output, over t, b, units
+    TAR = β · mean((h_t - h_{t-1})²)        the undropped output, over t >= 2, b, units
     """
     ar = alpha * last_dropped.pow(2).mean() if alpha else last.new_zeros(())
     if beta and last.size(0) > 1:
