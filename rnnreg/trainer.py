@@ -13,11 +13,8 @@ from __future__ import annotations
 import logging
 import math
 import random
-import signal
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +23,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from rnnreg import RnnregError
-from rnnreg.config import Averaging, Device, Progress, RunConfig, Stage, as_plain_dict
+from rnnreg.config import Averaging, Progress, RunConfig, Stage, as_plain_dict
 from rnnreg.data import Corpus, batchify, load_corpus, variable_bptt_length, window_at
 from rnnreg.evaluate import evaluate, evaluate_mc
 from rnnreg.model import Activations, LanguageModel, State, count_parameters, detach_state
@@ -40,90 +37,12 @@ from rnnreg.records import (
     write_summary,
 )
 from rnnreg.regularizers.activations import activation_regularization
+from rnnreg.runtime import StopRequest, rng_state, seed_everything, select_device, set_rng_state
 
 log = logging.getLogger(__name__)
 
 LAST = "last.pt"
 BEST = "best.pt"
-
-
-def select_device(requested: Device) -> torch.device:
-    if requested is Device.cuda and not torch.cuda.is_available():
-        raise RnnregError(
-            "trainer.device=cuda but no CUDA device is visible; use trainer.device=auto"
-        )
-    if requested is Device.auto:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(requested.value)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    torch.manual_seed(seed)  # seeds every CUDA device too
-
-
-def _rng_state() -> dict[str, Any]:
-    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-#: SIGUSR2 is what SLURM sends ahead of a time-out or preemption (submitit's default).
-STOP_SIGNALS = tuple(
-    getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGUSR2") if hasattr(signal, name)
-)
-
-
-class StopRequest:
-    """Set by SIGINT/SIGTERM/SIGUSR2: the loop stops at the next step boundary and
-    checkpoints; then :meth:`forward` hands the signal to whoever listened before us
-    (submitit's handler requeues a preempted SLURM job, which then resumes)."""
-
-    def __init__(self) -> None:
-        self.signal: int | None = None
-        self.previous: dict[int, Any] = {}
-
-    def __bool__(self) -> bool:
-        return self.signal is not None
-
-    @contextmanager
-    def installed(self) -> Iterator[None]:
-        import threading
-
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-        self.previous = {s: signal.getsignal(s) for s in STOP_SIGNALS}
-
-        def handler(signum: int, frame: object) -> None:
-            if self.signal is not None:  # a second signal: stop now
-                raise KeyboardInterrupt
-            self.signal = signum
-            log.warning(
-                "%s received: stopping at the end of this step", signal.Signals(signum).name
-            )
-
-        for sig in self.previous:
-            signal.signal(sig, handler)
-        try:
-            yield
-        finally:
-            for sig, old in self.previous.items():
-                signal.signal(sig, old)
-
-    def forward(self) -> None:
-        """Call the handler that was installed before ours for the signal received."""
-        previous = self.previous.get(self.signal) if self.signal is not None else None
-        if callable(previous):
-            previous(self.signal, None)
 
 
 class Trainer:
@@ -188,7 +107,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "schedule": self.schedule.state_dict(),
             "averaging": self.averaging.state_dict(),
-            "rng": _rng_state(),
+            "rng": rng_state(),
             "length_rng": self.length_rng.getstate(),
             "epochs_done": self.epochs_done,
             "position": self.position,
@@ -227,7 +146,7 @@ class Trainer:
                 f"checkpoint {path} does not fit this configuration ({str(exc).splitlines()[0]}); "
                 "resume with the run's own config (see its .hydra/overrides.yaml)"
             ) from exc
-        _set_rng_state(ckpt["rng"])
+        set_rng_state(ckpt["rng"])
         self.length_rng.setstate(ckpt["length_rng"])
         for key in (
             "epochs_done",

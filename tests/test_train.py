@@ -229,3 +229,16 @@ def test_summary_records_the_lstm_path_and_mc_perplexities(make_config, tmp_path
     assert summary["lstm_path"] == "loop" and summary["mc_samples"] == 3
     assert math.isfinite(summary["test_ppl_mc"]) and math.isfinite(summary["val_ppl_mc"])
     assert summary["test_ppl_mc"] != summary["test_ppl"]
+
+
+def test_device_selection() -> None:
+    from rnnreg import RnnregError
+    from rnnreg.config import Device
+    from rnnreg.runtime import select_device
+
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert select_device(Device.auto).type == expected
+    assert select_device(Device.cpu).type == "cpu"
+    if not torch.cuda.is_available():
+        with pytest.raises(RnnregError, match="trainer.device=auto"):
+            select_device(Device.cuda)

@@ -1,0 +1,98 @@
+"""Process-level concerns of a run: the device, seeds and RNG state, stop signals."""
+
+from __future__ import annotations
+
+import logging
+import random
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+
+from rnnreg import RnnregError
+from rnnreg.config import Device
+
+log = logging.getLogger(__name__)
+
+
+def select_device(requested: Device) -> torch.device:
+    """``auto``: CUDA when visible, else the CPU; ``cuda`` without a GPU is an error."""
+    if requested is Device.cuda and not torch.cuda.is_available():
+        raise RnnregError(
+            "trainer.device=cuda but no CUDA device is visible; use trainer.device=auto"
+        )
+    if requested is Device.auto:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(requested.value)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's and torch's generators (all devices) for a reproducible run."""
+    random.seed(seed)
+    torch.manual_seed(seed)  # seeds every CUDA device too
+
+
+def rng_state() -> dict[str, Any]:
+    """Every generator's state, for a checkpoint (resume continues the same draws)."""
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+#: SIGUSR2 is what SLURM sends ahead of a time-out or preemption (submitit's default).
+STOP_SIGNALS = tuple(
+    getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGUSR2") if hasattr(signal, name)
+)
+
+
+class StopRequest:
+    """Set by SIGINT/SIGTERM/SIGUSR2: the loop stops at the next step boundary and
+    checkpoints; then :meth:`forward` hands the signal to whoever listened before us
+    (submitit's handler requeues a preempted SLURM job, which then resumes)."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self.previous: dict[int, Any] = {}
+
+    def __bool__(self) -> bool:
+        return self.signal is not None
+
+    @contextmanager
+    def installed(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        self.previous = {s: signal.getsignal(s) for s in STOP_SIGNALS}
+
+        def handler(signum: int, frame: object) -> None:
+            if self.signal is not None:  # a second signal: stop now
+                raise KeyboardInterrupt
+            self.signal = signum
+            log.warning(
+                "%s received: stopping at the end of this step", signal.Signals(signum).name
+            )
+
+        for sig in self.previous:
+            signal.signal(sig, handler)
+        try:
+            yield
+        finally:
+            for sig, old in self.previous.items():
+                signal.signal(sig, old)
+
+    def forward(self) -> None:
+        """Call the handler that was installed before ours for the signal received."""
+        previous = self.previous.get(self.signal) if self.signal is not None else None
+        if callable(previous):
+            previous(self.signal, None)
