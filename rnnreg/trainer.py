@@ -10,6 +10,7 @@ next window, detached, and reset at every epoch.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import random
@@ -69,7 +70,12 @@ class Trainer:
                 f"{self.corpus.vocab_size} words; remove the override"
             )
         seed_everything(run.seed)
-        self.model = LanguageModel(self.corpus.vocab_size, run.model, run.variant).to(self.device)
+        model_cfg = run.model
+        if run.trainer.variable_bptt and model_cfg.compile:
+            # every new window length would compile the unrolled loop again
+            log.info("variable BPTT: the loop path (if any) trains eagerly, uncompiled")
+            model_cfg = dataclasses.replace(model_cfg, compile=False)
+        self.model = LanguageModel(self.corpus.vocab_size, model_cfg, run.variant).to(self.device)
         self.optimizer, self.schedule = build_optimizer(run.optim, self.model.parameters())
         self.averaging = NonMonotoneAveraging(run.optim.nonmono)
         self.penalty_sum = torch.zeros(2, device=self.device)  # AR, TAR since the last log

@@ -106,6 +106,12 @@ def main() -> None:
     args = parser.parse_args()
     register()
     tune_malloc()
+    if args.compile:
+        # Every variant's loop compiles the same `recurrence` with other masks: more
+        # specialisations than dynamo keeps per function by default (8) in one process.
+        import torch._dynamo
+
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
     if args.threads:
         torch.set_num_threads(args.threads)
     variants = args.variants or group_options("variant")
