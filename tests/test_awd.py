@@ -269,3 +269,14 @@ def test_ar_and_tar_are_logged(make_config, tmp_path: Path) -> None:
     ar = [e.value for e in events.Scalars("train/ar")]
     tar = [e.value for e in events.Scalars("train/tar")]
     assert len(ar) == len(tar) == 2 and all(v > 0 for v in ar + tar)
+
+
+def test_variable_bptt_trains_the_loop_eagerly(make_config, tmp_path: Path) -> None:
+    """Each new window length would recompile the unrolled loop: no compilation then."""
+    fixed = Trainer(make_config("variant=gal", "model.compile=true"), tmp_path / "a")
+    assert all(layer._compiled is not None for layer in fixed.model.layers)
+    variable = Trainer(
+        make_config("variant=gal", "model.compile=true", "trainer.variable_bptt=true"),
+        tmp_path / "b",
+    )
+    assert all(layer._compiled is None for layer in variable.model.layers)
