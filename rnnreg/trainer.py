@@ -71,11 +71,11 @@ class Trainer:
             )
         seed_everything(run.seed)
         model_cfg = run.model
-        if run.trainer.variable_bptt and model_cfg.compile:
-            # every new window length would compile the unrolled loop again
-            log.info("variable BPTT: the loop path (if any) trains eagerly, uncompiled")
+        if run.trainer.variable_bptt:  # each new window length would compile the loop again
             model_cfg = dataclasses.replace(model_cfg, compile=False)
         self.model = LanguageModel(self.corpus.vocab_size, model_cfg, run.variant).to(self.device)
+        if run.model.compile and run.trainer.variable_bptt and self.model.lstm_path != "fused":
+            log.info("variable BPTT: the loop path trains eagerly, not compiled")
         self.optimizer, self.schedule = build_optimizer(run.optim, self.model.parameters())
         self.averaging = NonMonotoneAveraging(run.optim.nonmono)
         self.penalty_sum = torch.zeros(2, device=self.device)  # AR, TAR since the last log
