@@ -35,6 +35,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
+	mkdir -p outputs
 	touch $(STAMP)
 
 setup: $(STAMP) ## create .venv with the pinned dependencies (torch==2.13.0 CPU, hydra-core 1.3, ...)
