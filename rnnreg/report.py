@@ -281,6 +281,15 @@ def write_markdown(
     path.write_text("\n".join(lines) + "\n")
 
 
+def _save(fig: Any, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plot_figures(groups: list[Group], rows: list[dict[str, Any]], out: Path) -> list[Path]:
     """Validation perplexity per epoch (mean and band over seeds), and test perplexity
     per variant with error bars next to the paper's value; one pair per dataset x model."""
@@ -317,11 +326,7 @@ def plot_figures(groups: list[Group], rows: list[dict[str, Any]], out: Path) -> 
             title=f"{dataset} / {model}: validation perplexity (band: min–max over seeds)",
         )
         ax.legend(fontsize=8)
-        path = out / f"val_curve_{dataset}_{model}.png"
-        fig.tight_layout()
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path)
+        written.append(_save(fig, out / f"val_curve_{dataset}_{model}.png"))
 
         bars = [
             r
@@ -349,11 +354,7 @@ def plot_figures(groups: list[Group], rows: list[dict[str, Any]], out: Path) -> 
         ax.set_xticks(xs, labels, fontsize=7)
         ax.set(ylabel="test perplexity", title=f"{dataset} / {model}: test perplexity")
         ax.legend(fontsize=8)
-        path = out / f"test_{dataset}_{model}.png"
-        fig.tight_layout()
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path)
+        written.append(_save(fig, out / f"test_{dataset}_{model}.png"))
     return written
 
 

@@ -14,6 +14,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 from rnnreg.config import CONF_DIR, RunConfig, register, to_run_config
+from rnnreg.trainer import Trainer
 
 REPO = Path(__file__).resolve().parent.parent
 #: The real corpora: $RNNREG_DATA_DIR (CI sets it), else ../shared/data beside the clone.
@@ -83,6 +84,26 @@ def make_config(tmp_path: Path, tiny_data: Path) -> Callable[..., RunConfig]:
         return to_run_config(cfg)
 
     return build
+
+
+def at_step(monkeypatch, n: int, action: Callable[[Trainer], None], before: bool = False):
+    """Run ``action(trainer)`` after (or ``before``) the n-th training step of any Trainer:
+    a signal, a crash, a preemption at a step boundary of the tests' choosing. Returns
+    the original step, to put back with ``monkeypatch.setattr``."""
+    original = Trainer._train_step
+    calls = {"n": 0}
+
+    def step(self, inputs, targets):
+        calls["n"] += 1
+        if before and calls["n"] == n:
+            action(self)
+        result = original(self, inputs, targets)
+        if not before and calls["n"] == n:
+            action(self)
+        return result
+
+    monkeypatch.setattr(Trainer, "_train_step", step)
+    return original
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from rnnreg.optim import NonMonotoneAveraging
 from rnnreg.records import load_checkpoint
 from rnnreg.regularizers.activations import activation_regularization
 from rnnreg.trainer import BEST, LAST, Trainer
-from tests.conftest import write_tiny_corpus
+from tests.conftest import at_step, write_tiny_corpus
 
 
 def test_awd_model_has_the_papers_24m_parameters(make_config) -> None:
@@ -177,17 +177,8 @@ def test_resume_after_the_switch_continues_averaging(make_config, tmp_path, monk
     whole = load_checkpoint(tmp_path / "whole" / "checkpoints" / LAST)
 
     scripted_validation(monkeypatch, losses)
-    original = Trainer._train_step
-    calls = {"n": 0}
-
-    def signal_in_epoch_five(self, inputs, targets):
-        result = original(self, inputs, targets)
-        calls["n"] += 1
-        if calls["n"] == 450:
-            self.stop.signal = 15
-        return result
-
-    monkeypatch.setattr(Trainer, "_train_step", signal_in_epoch_five)
+    # step 450: inside epoch 5, after the switch
+    original = at_step(monkeypatch, 450, lambda trainer: setattr(trainer.stop, "signal", 15))
     cut = Trainer(make_config(*NTASGD), tmp_path / "cut").fit()
     assert cut["status"] == "interrupted" and cut["asgd_switch_epoch"] == 4
     assert cut["epochs"] == 4

@@ -15,6 +15,7 @@ from rnnreg.config import CONF_DIR
 from rnnreg.report import build_report
 from rnnreg.train import threads_per_job
 from rnnreg.trainer import Trainer
+from tests.conftest import at_step
 from tests.test_train import RESUME_SETTINGS, _outcome, train
 
 TINY = [
@@ -91,17 +92,7 @@ def test_a_preempted_job_checkpoints_hands_over_the_signal_and_resumes(
 
     requeued: list[int] = []
     previous = signal.signal(signal.SIGUSR2, lambda signum, frame: requeued.append(signum))
-    original = Trainer._train_step
-    calls = {"n": 0}
-
-    def preempt(self, inputs, targets):
-        result = original(self, inputs, targets)
-        calls["n"] += 1
-        if calls["n"] == 170:
-            os.kill(os.getpid(), signal.SIGUSR2)
-        return result
-
-    monkeypatch.setattr(Trainer, "_train_step", preempt)
+    original = at_step(monkeypatch, 170, lambda trainer: os.kill(os.getpid(), signal.SIGUSR2))
     settings = (*RESUME_SETTINGS, "trainer.auto_resume=true")
     try:
         first = Trainer(make_config(*settings), tmp_path / "job").fit()

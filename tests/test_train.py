@@ -15,6 +15,7 @@ import torch
 from rnnreg.records import load_checkpoint
 from rnnreg.train import train
 from rnnreg.trainer import LAST, Trainer
+from tests.conftest import at_step
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -131,17 +132,8 @@ def test_resume_after_a_signal_mid_epoch_equals_an_uninterrupted_run(
     train(make_config(*RESUME_SETTINGS), tmp_path / "whole")
     expected = _outcome(tmp_path / "whole")
 
-    original = Trainer._train_step
-    calls = {"n": 0}
-
-    def step_then_signal(self, inputs, targets):
-        result = original(self, inputs, targets)
-        calls["n"] += 1
-        if calls["n"] == 130:  # epoch 2 of 3 (about 100 windows per epoch)
-            self.stop.signal = 15
-        return result
-
-    monkeypatch.setattr(Trainer, "_train_step", step_then_signal)
+    # epoch 2 of 3 (about 100 windows per epoch)
+    original = at_step(monkeypatch, 130, lambda trainer: setattr(trainer.stop, "signal", 15))
     summary = Trainer(make_config(*RESUME_SETTINGS), tmp_path / "cut").fit()
     assert summary["status"] == "interrupted" and summary["steps"] == 130
     monkeypatch.setattr(Trainer, "_train_step", original)
@@ -152,22 +144,17 @@ def test_resume_after_a_signal_mid_epoch_equals_an_uninterrupted_run(
     assert _outcome(tmp_path / "cut") == expected
 
 
+def _crash(trainer: Trainer) -> None:
+    raise RuntimeError("simulated crash")
+
+
 def test_resume_after_a_crash_uses_the_last_periodic_checkpoint(
     make_config, tmp_path: Path, monkeypatch
 ) -> None:
     train(make_config(*RESUME_SETTINGS), tmp_path / "whole")
     expected = _outcome(tmp_path / "whole")
 
-    original = Trainer._train_step
-    calls = {"n": 0}
-
-    def crash(self, inputs, targets):
-        calls["n"] += 1
-        if calls["n"] == 160:
-            raise RuntimeError("simulated crash")
-        return original(self, inputs, targets)
-
-    monkeypatch.setattr(Trainer, "_train_step", crash)
+    original = at_step(monkeypatch, 160, _crash, before=True)
     settings = (*RESUME_SETTINGS, "trainer.checkpoint_every_s=1e-6")
     with pytest.raises(RuntimeError, match="simulated crash"):
         Trainer(make_config(*settings), tmp_path / "cut").fit()
