@@ -12,7 +12,8 @@ the parameters live in an ``nn.LSTM`` submodule, so weights move freely between 
   applied to the weight, which is passed to the kernel with ``torch.func.functional_call``.
 * **loop**: a loop over time for masks inside the step (Gal's ``z_h`` per row, Moon,
   Semeniuta, zoneout). The input projection ``W x_t + b`` of all steps is one matrix
-  product before the loop.
+  product before the loop; training uses the hand-written backward through time of
+  :mod:`rnnreg.recurrence` (the weight gradient is one product over the window).
 
 The in-step regularizers, in SPEC notation (``z`` are masks; zoneout ``z = 1`` keeps):
 
@@ -30,7 +31,6 @@ training-time masks on (MC-dropout evaluation).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, fields
 from enum import Enum
 from typing import Any
@@ -38,6 +38,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from rnnreg.recurrence import Recurrence, recurrence
 from rnnreg.regularizers.masks import Granularity, draw_activation_mask, draw_mask
 from rnnreg.regularizers.weights import drop_weight
 
@@ -124,72 +125,6 @@ class StepMasks:
     weight_hh: torch.Tensor | None = None
 
 
-def _at(mask: torch.Tensor | None, t: int) -> torch.Tensor | None:
-    """The mask for step ``t`` (a time-constant mask has a leading dimension of 1)."""
-    if mask is None:
-        return None
-    return mask[t] if mask.size(0) > 1 else mask[0]
-
-
-def recurrence(
-    gx: torch.Tensor,
-    h: torch.Tensor,
-    c: torch.Tensor,
-    weight_hh: torch.Tensor,
-    hidden_mask: torch.Tensor | None,
-    update_mask: torch.Tensor | None,
-    memory_mask: torch.Tensor | None,
-    zoneout_cell: torch.Tensor | None,
-    zoneout_hidden: torch.Tensor | None,
-    memory_carried: bool,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Run the step equations over ``gx`` = W x + b from (h, c) (B, H).
-
-    ``gx`` is (T, B, 4H), or gate-major (T, 4, B, H) when ``hidden_mask`` is untied
-    (T|1, 4, B|1, H). Masks as in :class:`StepMasks`. Returns the outputs (T, B, H) and
-    the last (h, c).
-    """
-    steps = gx.size(0)
-    hidden = h.size(-1)
-    untied_hidden = hidden_mask is not None and hidden_mask.dim() == 4
-    u_gates = weight_hh.view(4, hidden, hidden).transpose(1, 2)  # (4, H_in, H_out)
-    outputs = []
-    for t in range(steps):
-        z_h = _at(hidden_mask, t)
-        # few, wide kernels: one sigmoid over all gates (the g block's is unused)
-        if untied_hidden:  # gate-major (4, B, H): W_k x + b_k + (h ∘ z_k) U_kᵀ, gate k
-            gates = torch.baddbmm(gx[t], h.unsqueeze(0) * z_h, u_gates)
-            sig = torch.sigmoid(gates)
-            i, f, o = sig[0], sig[1], sig[3]
-            g = torch.tanh(gates[2])
-        else:
-            gates = torch.addmm(gx[t], h if z_h is None else h * z_h, weight_hh.t())
-            i, f, _, o = torch.sigmoid(gates).chunk(4, dim=1)
-            g = torch.tanh(gates[:, 2 * hidden : 3 * hidden])
-        z_u = _at(update_mask, t)
-        if z_u is not None:
-            c_new = torch.addcmul(f * c, i * z_u, g)
-        else:
-            c_new = torch.addcmul(f * c, i, g)
-        z_m = _at(memory_mask, t)
-        if z_m is not None and memory_carried:
-            c_new = c_new * z_m
-            h_new = o * torch.tanh(c_new)
-        elif z_m is not None:
-            h_new = o * torch.tanh(c_new * z_m)
-        else:
-            h_new = o * torch.tanh(c_new)
-        z_c = _at(zoneout_cell, t)
-        if z_c is not None:
-            c_new = z_c * c + (1 - z_c) * c_new
-        z_hh = _at(zoneout_hidden, t)
-        if z_hh is not None:
-            h_new = z_hh * h + (1 - z_hh) * h_new
-        h, c = h_new, c_new
-        outputs.append(h)
-    return torch.stack(outputs), h, c
-
-
 class LSTMLayer(nn.Module):
     """A single-layer LSTM with the in-step regularizers of :class:`InStepDropout`."""
 
@@ -217,7 +152,10 @@ class LSTMLayer(nn.Module):
         if requested is LSTMPath.auto:
             requested = LSTMPath.loop if self.dropout.needs_loop else LSTMPath.fused
         self.path = requested
-        self._compiled: Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None
+        #: Training runs the recurrence with its hand-written backward (eager until
+        #: :meth:`compile_loop`); evaluation runs :func:`recurrence` without a graph.
+        self._trained = Recurrence()
+        self._compiled = False
 
     def compile_loop(self, **options: Any) -> None:
         """Train the loop's recurrence under ``torch.compile`` (no effect on the fused path).
@@ -226,7 +164,8 @@ class LSTMLayer(nn.Module):
         other batch sizes and window lengths cause no recompilation.
         """
         if self.path is LSTMPath.loop:
-            self._compiled = torch.compile(recurrence, **options)
+            self._trained = Recurrence(options)
+            self._compiled = True
 
     @property
     def stochastic(self) -> bool:
@@ -390,9 +329,7 @@ class LSTMLayer(nn.Module):
             else:
                 gx = per_gate.permute(1, 2, 0, 3).reshape(steps, batch, 4 * size)
         h0, c0 = state
-        run = (
-            self._compiled if self._compiled is not None and torch.is_grad_enabled() else recurrence
-        )
+        run = self._trained if torch.is_grad_enabled() else recurrence
         outputs, h, c = run(
             gx,
             h0[0],

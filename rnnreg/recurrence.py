@@ -1,0 +1,332 @@
+"""The LSTM step equations over a window, with every in-step mask of the SPEC.
+
+Forward, for t = 1..T, from gx_t = W (x_t ∘ z_x) + b (precomputed for all steps):
+
+    a_t    = gx_t + U (h_{t-1} ∘ z_h)                       (per gate k when untied)
+    i, f, o = σ(a_i), σ(a_f), σ(a_o)        g = tanh(a_g)
+    ĉ_t    = f ∘ c_{t-1} + z_u ∘ i ∘ g                       Semeniuta
+    ĉ_t    = z_m ∘ ĉ_t                                       Moon, ``memory_carried``
+    ĥ_t    = o ∘ tanh(ĉ_t ∘ z_m)                             Moon (output form)
+    c_t    = z^c ∘ c_{t-1} + (1 - z^c) ∘ ĉ_t                 zoneout
+    h_t    = z^h ∘ h_{t-1} + (1 - z^h) ∘ ĥ_t                 zoneout
+
+Two implementations of the same function:
+
+* :func:`recurrence` — plain tensor code; autograd differentiates it. It is the
+  reference (tests) and runs evaluation, where no graph is built.
+* :class:`Recurrence` — the same forward plus a hand-written backward through time
+  (an ``autograd.Function``). Per step the backward does one matrix product
+  (δ_t U for dh_{t-1}); the weight gradient Σ_t δ_tᵀ (h_{t-1} ∘ z_h) is one product over
+  all T·B rows after the loop, instead of T thin products accumulated one by one. The
+  forward and backward are plain functions of tensors, so ``torch.compile`` can fuse
+  their element-wise work without tracing autograd.
+
+Masks are constants (no gradient). Shapes: gx (T, B, 4H), or gate-major (T, 4, B, H) when
+``hidden_mask`` is untied (T|1, 4, B|1, H); other masks (T|1, B|1, H); h, c (B, H).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+Mask = torch.Tensor | None
+
+
+def _at(mask: Mask, t: int) -> Mask:
+    """The mask for step ``t`` (a time-constant mask has a leading dimension of 1)."""
+    if mask is None:
+        return None
+    return mask[t] if mask.size(0) > 1 else mask[0]
+
+
+def _gate_preactivations(
+    gx_t: torch.Tensor, h: torch.Tensor, weight_hh: torch.Tensor, z_h: Mask, untied: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(a_i, a_f, a_g, a_o), each (B, H): gx_t + U (h ∘ z_h), per gate when untied."""
+    if untied:  # gate-major (4, B, H): W_k x + b_k + (h ∘ z_k) U_kᵀ for gate k
+        hidden = h.size(-1)
+        u_gates = weight_hh.view(4, hidden, hidden).transpose(1, 2)
+        return torch.baddbmm(gx_t, h.unsqueeze(0) * z_h, u_gates).unbind(0)
+    a = torch.addmm(gx_t, h if z_h is None else h * z_h, weight_hh.t())
+    return a.chunk(4, dim=1)
+
+
+def _cell(
+    a_i: torch.Tensor,
+    a_f: torch.Tensor,
+    a_g: torch.Tensor,
+    a_o: torch.Tensor,
+    h: torch.Tensor,
+    c: torch.Tensor,
+    z_u: Mask,
+    z_m: Mask,
+    z_c: Mask,
+    z_hh: Mask,
+    memory_carried: bool,
+) -> tuple[torch.Tensor, ...]:
+    """One step after the gate pre-activations: (h_t, c_t, i, f, g, o, τ) with τ the tanh
+    that ĥ_t = o ∘ τ used."""
+    i, f, o = torch.sigmoid(a_i), torch.sigmoid(a_f), torch.sigmoid(a_o)
+    g = torch.tanh(a_g)
+    c_hat = torch.addcmul(f * c, i if z_u is None else i * z_u, g)
+    if z_m is not None and memory_carried:
+        c_hat = c_hat * z_m
+        tau = torch.tanh(c_hat)
+    elif z_m is not None:
+        tau = torch.tanh(c_hat * z_m)
+    else:
+        tau = torch.tanh(c_hat)
+    h_new = o * tau
+    c_new = c_hat if z_c is None else torch.lerp(c_hat, c, z_c)  # z c + (1 - z) ĉ
+    if z_hh is not None:
+        h_new = torch.lerp(h_new, h, z_hh)
+    return h_new, c_new, i, f, g, o, tau
+
+
+def recurrence(
+    gx: torch.Tensor,
+    h: torch.Tensor,
+    c: torch.Tensor,
+    weight_hh: torch.Tensor,
+    hidden_mask: Mask,
+    update_mask: Mask,
+    memory_mask: Mask,
+    zoneout_cell: Mask,
+    zoneout_hidden: Mask,
+    memory_carried: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Run the step equations over ``gx`` from (h, c); returns outputs (T, B, H), h_T, c_T."""
+    untied = hidden_mask is not None and hidden_mask.dim() == 4
+    outputs = []
+    for t in range(gx.size(0)):
+        a = _gate_preactivations(gx[t], h, weight_hh, _at(hidden_mask, t), untied)
+        h, c, *_ = _cell(
+            *a,
+            h,
+            c,
+            _at(update_mask, t),
+            _at(memory_mask, t),
+            _at(zoneout_cell, t),
+            _at(zoneout_hidden, t),
+            memory_carried,
+        )
+        outputs.append(h)
+    return torch.stack(outputs), h, c
+
+
+def forward_saving(
+    gx: torch.Tensor,
+    h: torch.Tensor,
+    c: torch.Tensor,
+    weight_hh: torch.Tensor,
+    hidden_mask: Mask,
+    update_mask: Mask,
+    memory_mask: Mask,
+    zoneout_cell: Mask,
+    zoneout_hidden: Mask,
+    memory_carried: bool,
+) -> tuple[torch.Tensor, ...]:
+    """:func:`recurrence` that also returns what the backward needs.
+
+    Returns (outputs, h_T, c_T, gates, c_prev, tau): ``gates`` (T, 4, B, H) holds
+    i, f, g, o; ``c_prev`` (T, B, H) holds c_{t-1}; ``tau`` (T, B, H) the tanh in ĥ_t.
+    """
+    untied = hidden_mask is not None and hidden_mask.dim() == 4
+    outputs, gates, c_prev, taus = [], [], [], []
+    for t in range(gx.size(0)):
+        a = _gate_preactivations(gx[t], h, weight_hh, _at(hidden_mask, t), untied)
+        c_prev.append(c)
+        h, c, i, f, g, o, tau = _cell(
+            *a,
+            h,
+            c,
+            _at(update_mask, t),
+            _at(memory_mask, t),
+            _at(zoneout_cell, t),
+            _at(zoneout_hidden, t),
+            memory_carried,
+        )
+        outputs.append(h)
+        gates.append(torch.stack((i, f, g, o)))
+        taus.append(tau)
+    return (
+        torch.stack(outputs),
+        h,
+        c,
+        torch.stack(gates),
+        torch.stack(c_prev),
+        torch.stack(taus),
+    )
+
+
+def backward_through_time(
+    d_outputs: torch.Tensor,
+    d_h: torch.Tensor,
+    d_c: torch.Tensor,
+    h0: torch.Tensor,
+    outputs: torch.Tensor,
+    gates: torch.Tensor,
+    c_prev: torch.Tensor,
+    tau: torch.Tensor,
+    weight_hh: torch.Tensor,
+    hidden_mask: Mask,
+    update_mask: Mask,
+    memory_mask: Mask,
+    zoneout_cell: Mask,
+    zoneout_hidden: Mask,
+    memory_carried: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients (d gx, d h0, d c0, d U) from those of (outputs, h_T, c_T).
+
+    Step t backwards, with dh, dc the gradients reaching h_t, c_t (σ' = s(1-s)):
+
+        dĥ = (1 - z^h) dh           dh_{t-1} = z^h dh + Σ_k (δ_k U_k) ∘ z_h,k
+        dτ = dĥ ∘ o ∘ (1 - τ²)      dĉ = (1 - z^c) dc + dτ ∘ z_m   (z_m ∘ (…) if carried)
+        δ_i = dĉ z_u g σ'(i)    δ_f = dĉ c_{t-1} σ'(f)    δ_g = dĉ z_u i (1 - g²)
+        δ_o = dĥ τ σ'(o)        dc_{t-1} = z^c dc + dĉ ∘ f
+        d gx_t = δ_t            dU = Σ_t δ_tᵀ (h_{t-1} ∘ z_h)
+    """
+    steps, batch, hidden = outputs.shape
+    untied = hidden_mask is not None and hidden_mask.dim() == 4
+    u_gates = weight_hh.view(4, hidden, hidden)
+    dh, dc = d_h, d_c
+    deltas = []
+    for t in range(steps - 1, -1, -1):
+        dh = dh + d_outputs[t]
+        i, f, g, o = gates[t].unbind(0)
+        z_c, z_hh = _at(zoneout_cell, t), _at(zoneout_hidden, t)
+        z_u, z_m = _at(update_mask, t), _at(memory_mask, t)
+        dh_hat = dh if z_hh is None else dh * (1 - z_hh)
+        dc_hat = dc if z_c is None else dc * (1 - z_c)
+        d_tanh = dh_hat * o * (1 - tau[t] * tau[t])
+        if z_m is not None and memory_carried:
+            dc_hat = (dc_hat + d_tanh) * z_m
+        elif z_m is not None:
+            dc_hat = dc_hat + d_tanh * z_m
+        else:
+            dc_hat = dc_hat + d_tanh
+        d_update = dc_hat if z_u is None else dc_hat * z_u
+        delta = torch.stack(
+            (
+                d_update * g * i * (1 - i),
+                dc_hat * c_prev[t] * f * (1 - f),
+                d_update * i * (1 - g * g),
+                dh_hat * tau[t] * o * (1 - o),
+            ),
+            dim=0 if untied else 1,
+        )  # (4, B, H) gate-major when untied, else (B, 4, H)
+        deltas.append(delta)
+        dc_next = dc_hat * f
+        if z_c is not None:
+            dc_next = dc_next + dc * z_c
+        z_h = _at(hidden_mask, t)
+        if untied:
+            dh_next = (torch.bmm(delta, u_gates) * z_h).sum(0)
+        else:
+            dh_next = torch.mm(delta.view(batch, 4 * hidden), weight_hh)
+            if z_h is not None:
+                dh_next = dh_next * z_h
+        if z_hh is not None:
+            dh_next = dh_next + dh * z_hh
+        dh, dc = dh_next, dc_next
+    delta_all = torch.stack(deltas[::-1])  # (T, 4, B, H) untied, else (T, B, 4, H)
+    h_prev = torch.cat((h0.unsqueeze(0), outputs[:-1]))  # (T, B, H)
+    if untied:
+        hz = (h_prev.unsqueeze(1) * hidden_mask).transpose(0, 1).reshape(4, steps * batch, hidden)
+        d_weight = torch.bmm(
+            delta_all.transpose(0, 1).reshape(4, steps * batch, hidden).transpose(1, 2), hz
+        ).reshape(4 * hidden, hidden)
+        d_gx = delta_all
+    else:
+        hz = h_prev if hidden_mask is None else h_prev * hidden_mask
+        d_gx = delta_all.view(steps, batch, 4 * hidden)
+        d_weight = d_gx.reshape(steps * batch, 4 * hidden).t() @ hz.reshape(steps * batch, hidden)
+    return d_gx, dh, dc, d_weight
+
+
+class _RecurrenceFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        impl: Recurrence,
+        gx: torch.Tensor,
+        h0: torch.Tensor,
+        c0: torch.Tensor,
+        weight_hh: torch.Tensor,
+        *masks_and_flag: Any,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        *masks, memory_carried = masks_and_flag
+        outputs, h, c, gates, c_prev, tau = impl.forward_fn(
+            gx, h0, c0, weight_hh, *masks, memory_carried
+        )
+        ctx.impl = impl
+        ctx.memory_carried = memory_carried
+        ctx.mask_count = len(masks)
+        ctx.save_for_backward(h0, outputs, gates, c_prev, tau, weight_hh, *masks)
+        return outputs, h.clone(), c
+
+    @staticmethod
+    def backward(  # type: ignore[override]
+        ctx: Any, d_outputs: torch.Tensor, d_h: torch.Tensor, d_c: torch.Tensor
+    ) -> tuple[Any, ...]:
+        h0, outputs, gates, c_prev, tau, weight_hh, *masks = ctx.saved_tensors
+        d_gx, d_h0, d_c0, d_weight = ctx.impl.backward_fn(
+            d_outputs.contiguous(),
+            d_h,
+            d_c,
+            h0,
+            outputs,
+            gates,
+            c_prev,
+            tau,
+            weight_hh,
+            *masks,
+            ctx.memory_carried,
+        )
+        return (None, d_gx, d_h0, d_c0, d_weight, *([None] * (ctx.mask_count + 1)))
+
+
+class Recurrence:
+    """:func:`recurrence` with the hand-written backward of :func:`backward_through_time`.
+
+    ``compile_options`` (a dict, possibly empty) compiles the forward and the backward
+    with ``torch.compile``; ``None`` runs them eagerly.
+    """
+
+    def __init__(self, compile_options: dict[str, Any] | None = None) -> None:
+        self.forward_fn: Callable[..., tuple[torch.Tensor, ...]] = forward_saving
+        self.backward_fn: Callable[..., tuple[torch.Tensor, ...]] = backward_through_time
+        if compile_options is not None:
+            self.forward_fn = torch.compile(forward_saving, **compile_options)
+            self.backward_fn = torch.compile(backward_through_time, **compile_options)
+
+    def __call__(
+        self,
+        gx: torch.Tensor,
+        h: torch.Tensor,
+        c: torch.Tensor,
+        weight_hh: torch.Tensor,
+        hidden_mask: Mask,
+        update_mask: Mask,
+        memory_mask: Mask,
+        zoneout_cell: Mask,
+        zoneout_hidden: Mask,
+        memory_carried: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Same inputs and outputs as :func:`recurrence`."""
+        return _RecurrenceFunction.apply(
+            self,
+            gx,
+            h,
+            c,
+            weight_hh,
+            hidden_mask,
+            update_mask,
+            memory_mask,
+            zoneout_cell,
+            zoneout_hidden,
+            memory_carried,
+        )

@@ -1,0 +1,111 @@
+"""The hand-written backward through time equals autograd through the step equations."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rnnreg.recurrence import Recurrence, backward_through_time, forward_saving, recurrence
+
+T, B, H = 6, 3, 5
+
+
+def bernoulli(shape: tuple[int, ...], keep: float, scale: bool, gen: torch.Generator):
+    mask = (torch.rand(shape, generator=gen, dtype=torch.float64) < keep).double()
+    return mask / keep if scale else mask
+
+
+def masks_for(case: str, gen: torch.Generator) -> dict[str, torch.Tensor | None]:
+    """Masks of every shape the layer passes: per step, per sequence, shared by the batch."""
+    masks: dict[str, torch.Tensor | None] = dict.fromkeys(
+        ("hidden_mask", "update_mask", "memory_mask", "zoneout_cell", "zoneout_hidden")
+    )
+    if case in ("gal", "composed"):
+        masks["hidden_mask"] = bernoulli((1, B, H), 0.7, True, gen)
+    if case == "gal_untied":
+        masks["hidden_mask"] = bernoulli((1, 4, B, H), 0.7, True, gen)
+    if case in ("gal_untied_step",):
+        masks["hidden_mask"] = bernoulli((T, 4, B, H), 0.7, True, gen)
+    if case in ("semeniuta", "composed"):
+        masks["update_mask"] = bernoulli((T, B, H), 0.75, True, gen)
+    if case in ("moon", "moon_carried", "composed"):
+        masks["memory_mask"] = bernoulli((1, B, H), 0.6, True, gen)
+    if case in ("zoneout", "composed"):
+        masks["zoneout_cell"] = bernoulli((T, B, H), 0.25, False, gen)
+        masks["zoneout_hidden"] = bernoulli((T, 1, H), 0.5, False, gen)
+    return masks
+
+
+CASES = [
+    "none",
+    "gal",
+    "gal_untied",
+    "gal_untied_step",
+    "semeniuta",
+    "moon",
+    "moon_carried",
+    "zoneout",
+    "composed",
+]
+
+
+def inputs(case: str, gen: torch.Generator):
+    untied = case.startswith("gal_untied")
+    gx_shape = (T, 4, B, H) if untied else (T, B, 4 * H)
+    gx = torch.randn(gx_shape, generator=gen, dtype=torch.float64).requires_grad_()
+    h0 = (0.5 * torch.randn(B, H, generator=gen, dtype=torch.float64)).requires_grad_()
+    c0 = torch.randn(B, H, generator=gen, dtype=torch.float64).requires_grad_()
+    weight = (0.4 * torch.randn(4 * H, H, generator=gen, dtype=torch.float64)).requires_grad_()
+    return gx, h0, c0, weight
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_hand_written_backward_equals_autograd(case: str) -> None:
+    gen = torch.Generator().manual_seed(CASES.index(case))
+    leaves = inputs(case, gen)
+    masks = masks_for(case, gen)
+    carried = case == "moon_carried"
+    upstream = [
+        torch.randn(s, generator=gen, dtype=torch.float64) for s in [(T, B, H), (B, H), (B, H)]
+    ]
+
+    expected = recurrence(*leaves, *masks.values(), carried)
+    expected_grads = torch.autograd.grad(
+        sum((y * w).sum() for y, w in zip(expected, upstream, strict=True)), leaves
+    )
+    got = Recurrence()(*leaves, *masks.values(), carried)
+    got_grads = torch.autograd.grad(
+        sum((y * w).sum() for y, w in zip(got, upstream, strict=True)), leaves
+    )
+    for name, want, have in zip(("outputs", "h", "c"), expected, got, strict=True):
+        torch.testing.assert_close(have, want, rtol=1e-10, atol=1e-12, msg=name)
+    for name, want, have in zip(("gx", "h0", "c0", "U"), expected_grads, got_grads, strict=True):
+        torch.testing.assert_close(have, want, rtol=1e-10, atol=1e-12, msg=f"d{name}")
+
+
+def test_gradcheck_of_the_composed_step() -> None:
+    """Finite differences, independently of the autograd reference."""
+    gen = torch.Generator().manual_seed(7)
+    leaves = inputs("composed", gen)
+    masks = masks_for("composed", gen)
+    impl = Recurrence()
+    assert torch.autograd.gradcheck(lambda *xs: impl(*xs, *masks.values(), False), leaves)
+
+
+def test_a_wrong_derivative_is_caught() -> None:
+    """The comparison above can fail: drop δ_f's dependence on c_{t-1} and it must."""
+    gen = torch.Generator().manual_seed(3)
+    leaves = inputs("none", gen)
+    masks = list(masks_for("none", gen).values())
+    outputs, h, c, gates, c_prev, tau = forward_saving(*(x.detach() for x in leaves), *masks, False)
+    ones = torch.ones_like(outputs)
+    zeros = torch.zeros_like(h)
+    args = (ones, zeros, zeros, leaves[1].detach(), outputs, gates)
+    right = backward_through_time(*args, c_prev, tau, leaves[3].detach(), *masks, False)
+    wrong = backward_through_time(
+        *args, torch.ones_like(c_prev), tau, leaves[3].detach(), *masks, False
+    )
+    assert not torch.allclose(right[0], wrong[0])
+    expected = recurrence(*leaves, *masks, False)[0]
+    reference = torch.autograd.grad(expected.sum(), leaves[0])[0]
+    torch.testing.assert_close(right[0], reference)
