@@ -11,6 +11,7 @@ next window, detached, and reset at every epoch.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import random
@@ -435,6 +436,10 @@ class Trainer:
     def fit(self) -> dict[str, Any]:
         """Train (or resume) to the end; write ``summary.json``; return the summary."""
         t = self.run.trainer
+        done = self._completed_summary() if t.auto_resume else None
+        if done is not None:
+            log.info("%s already completed with this configuration; nothing to do", self.run_dir)
+            return done
         if t.resume or (t.auto_resume and (self.ckpt_dir / LAST).exists()):
             self.restore()
         elif (self.ckpt_dir / LAST).exists():
@@ -489,6 +494,22 @@ class Trainer:
             return self._write_summary("completed", final)
         finally:
             tb.close()
+
+    def _completed_summary(self) -> dict[str, Any] | None:
+        """The run directory's summary when it records this very configuration, completed.
+
+        Lets a sweep be launched again (``trainer.auto_resume``) without re-evaluating the
+        runs that are done; a changed setting (say, more epochs) resumes the run instead.
+        """
+        path = self.run_dir / "summary.json"
+        try:
+            summary = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            return None
+        if summary.get("status") != "completed" or not (self.ckpt_dir / LAST).exists():
+            return None
+        current = json.loads(json.dumps(as_plain_dict(self.run)))
+        return summary if summary.get("config") == current else None
 
     def _hparams(self) -> dict[str, Any]:
         """The knobs a comparison varies: names, sizes, rates, optimizer, seed."""

@@ -117,3 +117,25 @@ def test_auto_resume_without_a_checkpoint_starts_anew(make_config, tmp_path: Pat
         make_config("trainer.auto_resume=true", "trainer.max_steps=3"), tmp_path / "fresh"
     ).fit()
     assert summary["status"] == "completed" and summary["steps"] == 3
+
+
+def test_a_relaunched_sweep_skips_completed_runs_and_extends_changed_ones(
+    make_config, tmp_path: Path, monkeypatch
+) -> None:
+    settings = ("trainer.auto_resume=true", "trainer.epochs=1")
+    first = Trainer(make_config(*settings), tmp_path / "job").fit()
+    assert first["status"] == "completed" and first["epochs"] == 1
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a completed run must not train or evaluate again")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Trainer, "_train_step", no_training)
+        patch.setattr(Trainer, "_final_evaluation", no_training)
+        again = Trainer(make_config(*settings), tmp_path / "job").fit()
+    assert again == first
+
+    more = Trainer(make_config("trainer.auto_resume=true", "trainer.epochs=2"), tmp_path / "job")
+    extended = more.fit()
+    assert extended["status"] == "completed" and extended["epochs"] == 2
+    assert extended["steps"] == 2 * first["steps"]
