@@ -216,6 +216,10 @@ class OptimConfig:
     """SGD with Zaremba's schedule: lr_e = lr / lr_decay_factor^max(0, e - decay_after_epoch).
 
     ``e`` counts epochs from 1, so the first ``decay_after_epoch`` epochs run at ``lr``.
+    The Lua code of Zaremba et al. and Gal (``if epoch > max_epoch then lr = lr / decay``,
+    tested after each epoch) keeps the full rate for ``max_epoch + 1`` epochs: the presets
+    set ``decay_after_epoch = max_epoch + 1``. TensorFlow's ptb_word_lm decays one epoch
+    earlier (``decay_after_epoch = max_epoch``).
     ``schedule=plateau`` divides by ``lr_decay_factor`` when validation stalls instead.
     """
 

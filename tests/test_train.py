@@ -11,7 +11,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
 
+from rnnreg.config import CONF_DIR, to_run_config
+from rnnreg.optim import StepDecay
 from rnnreg.records import load_checkpoint
 from rnnreg.train import train
 from rnnreg.trainer import LAST, Trainer
@@ -115,6 +118,38 @@ def test_lr_follows_zaremba_schedule(make_config, tmp_path: Path) -> None:
     train(run, tmp_path / "run")
     lrs = [float(r["lr"]) for r in read_csv(tmp_path / "run" / "metrics.csv")]
     assert lrs == [1.0, 1.0, 0.5, 0.25]
+
+
+def lua_learning_rates(max_epoch: int, decay: float, epochs: int) -> list[float]:
+    """The rate of each epoch in Zaremba's (and Gal's) main.lua: after every epoch,
+    ``if epoch > max_epoch then lr = lr / decay end``."""
+    lr, rates = 1.0, []
+    for epoch in range(1, epochs + 1):
+        rates.append(lr)
+        if epoch > max_epoch:
+            lr = lr / decay
+    return rates
+
+
+@pytest.mark.parametrize(
+    ("experiment", "max_epoch", "decay"),
+    [
+        ("zaremba_small", 4, 2.0),
+        ("zaremba_medium", 6, 1.2),
+        ("zaremba_large", 14, 1.15),
+        ("gal_medium", 6, 1.2),
+        ("gal_large", 10, 1.15),
+    ],
+)
+def test_paper_presets_follow_the_learning_rates_of_the_lua_code(
+    experiment: str, max_epoch: int, decay: float
+) -> None:
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        run = to_run_config(compose("config", overrides=[f"experiment={experiment}"]))
+    schedule = StepDecay(run.optim.lr_decay_factor, run.optim.decay_after_epoch)
+    ours = [run.optim.lr * schedule(done) for done in range(run.trainer.epochs)]
+    expected = lua_learning_rates(max_epoch, decay, run.trainer.epochs)
+    assert ours == pytest.approx(expected, rel=1e-12)
 
 
 RESUME_SETTINGS = ("variant=zaremba", "trainer.epochs=3", "optim.decay_after_epoch=1")
