@@ -106,8 +106,9 @@ class ModelConfig:
     #: How each LSTM layer runs: ``fused`` (nn.LSTM/cuDNN), ``loop`` (masks inside the
     #: step), or ``auto``: fused unless the variant masks inside the recurrence.
     lstm_impl: LSTMPath = LSTMPath.auto
-    #: Train the loop path's recurrence under torch.compile: ~40 s to compile on a CPU,
-    #: then 0.83x instead of 0.71x of the fused speed at medium size (scripts/bench.py).
+    #: Compile the loop path's forward and hand-written backward with torch.compile:
+    #: ~40 s on a CPU, then 0.99-1.04x instead of 0.81-0.89x of the fused speed at medium
+    #: size (scripts/bench.py); on a GPU it fuses the step's many small kernels.
     #: Evaluation runs eagerly. Turn off to debug, or for runs of a few minutes.
     compile: bool = True
 
