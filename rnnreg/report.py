@@ -264,15 +264,17 @@ def write_markdown(
             "",
             "## Not averaged: interrupted, diverged or unfinished runs",
             "",
-            "| status | dataset | model | variant | seed | epochs | best val ppl | run |",
-            "|---|---|---|---|---|---|---|---|",
+            "| status | dataset | model | variant | seed | epochs done / planned | steps "
+            "| best val ppl | run |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         for run in others:
             s = run.summary
             status = "running or crashed" if run.status == "running" else run.status
             lines.append(
                 f"| {status} | {s.get('dataset')} | {s.get('model')} | "
-                f"{run.variant_label} | {s.get('seed')} | {s.get('epochs')} | "
+                f"{run.variant_label} | {s.get('seed')} | "
+                f"{s.get('epochs')} / {s.get('epochs_planned', '?')} | {s.get('steps', '')} | "
                 f"{_fmt(s.get('best_val_ppl'))} | `{run.path}` |"
             )
     if figures:

@@ -40,6 +40,7 @@ def fake_run(
         "params": 4_653_200,
         "epochs": epochs,
         "epochs_planned": 3,
+        "steps": 10 * epochs,
         "stage": "train",
         "val_ppl_mc": None if mc is None else mc + 1,
         "test_ppl_mc": mc,
@@ -125,7 +126,7 @@ def test_markdown_lists_every_group_and_the_runs_left_out(outputs: Path) -> None
         "| ptb | small | none | 3 epochs | standard | 3 (1 2 3) | 121.00 ± 1.00",
         "| gal_tied | 3 epochs | standard |",
         "| gal_tied | 3 epochs | mc |",
-        "| interrupted | ptb | small | none | 4 |",
+        "| interrupted | ptb | small | none | 4 | 1 / 3 | 10 |",
         "| diverged | ptb | small | zaremba | 1 |",
     ):
         assert fragment in markdown, fragment
