@@ -107,7 +107,7 @@ def main() -> None:
     register()
     tune_malloc()
     if args.compile:
-        # Every variant's loop compiles the same `recurrence` with other masks: more
+        # Every variant's loop compiles the same forward and backward with other masks: more
         # specialisations than dynamo keeps per function by default (8) in one process.
         import torch._dynamo
 
