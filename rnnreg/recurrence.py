@@ -99,22 +99,9 @@ def recurrence(
     memory_carried: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Run the step equations over ``gx`` from (h, c); returns outputs (T, B, H), h_T, c_T."""
-    untied = hidden_mask is not None and hidden_mask.dim() == 4
-    outputs = []
-    for t in range(gx.size(0)):
-        a = _gate_preactivations(gx[t], h, weight_hh, _at(hidden_mask, t), untied)
-        h, c, *_ = _cell(
-            *a,
-            h,
-            c,
-            _at(update_mask, t),
-            _at(memory_mask, t),
-            _at(zoneout_cell, t),
-            _at(zoneout_hidden, t),
-            memory_carried,
-        )
-        outputs.append(h)
-    return torch.stack(outputs), h, c
+    masks = (hidden_mask, update_mask, memory_mask, zoneout_cell, zoneout_hidden)
+    outputs, h, c, *_ = forward_saving(gx, h, c, weight_hh, *masks, memory_carried)
+    return outputs, h, c
 
 
 def forward_saving(
