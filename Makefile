@@ -15,7 +15,7 @@ endif
 RUN_DIR ?= outputs/runs/make-run/$(shell date +%Y-%m-%d_%H-%M-%S)
 
 # The canonical comparison. A fixed sweep directory: running `make sweep` again continues
-# unfinished jobs from their checkpoints (trainer.auto_resume) and re-tests finished ones.
+# unfinished jobs from their checkpoints (trainer.auto_resume) and skips finished ones.
 VARIANTS := none,zaremba,moon,gal,gal_untied,semeniuta,zoneout,weight_drop
 SEEDS ?= 1,2,3
 SWEEP_EPOCHS ?= 3
