@@ -14,3 +14,7 @@ class RnnregError(Exception):
     The entry points print ``rnnreg: error: <message>`` and exit with status 2
     instead of showing a traceback.
     """
+
+
+class RunInUse(RnnregError):
+    """Another live process is training the same run directory."""

@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import logging
+import os
 import random
 import signal
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: runs are not locked
+    fcntl = None  # type: ignore[assignment]
 
 import torch
 
-from rnnreg import RnnregError
+from rnnreg import RnnregError, RunInUse
 from rnnreg.config import Device
 
 log = logging.getLogger(__name__)
@@ -96,3 +103,31 @@ class StopRequest:
         previous = self.previous.get(self.signal) if self.signal is not None else None
         if callable(previous):
             previous(self.signal, None)
+
+
+@contextmanager
+def exclusive_run(run_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``run_dir`` while training it.
+
+    A second process on the same directory (a sweep launched again while its jobs still
+    run) gets :class:`RunInUse` instead of writing the same checkpoint and logs. The lock
+    is ``flock``'s: the kernel drops it when its holder exits, however it exits, so a
+    crashed run never leaves a stale lock behind.
+    """
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / ".lock", "a+") as handle:
+        if fcntl is not None:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                holder = handle.read().strip() or "?"
+                raise RunInUse(
+                    f"{run_dir} is being trained by another process (pid {holder}); wait for "
+                    "it to end or stop it, then launch again"
+                ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        yield

@@ -18,9 +18,10 @@ import hydra
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from rnnreg import RnnregError
+from rnnreg import RnnregError, RunInUse
 from rnnreg.config import CONF_DIR, GROUPS, RunConfig, group_options, register, to_run_config
 
 log = logging.getLogger("rnnreg")
@@ -126,6 +127,12 @@ def main(cfg: DictConfig) -> float:
             run.trainer.threads = threads_per_job(hydra_cfg.launcher)
         labels = {"experiment": hydra_cfg.runtime.choices.get("experiment")}
         return train(run, Path(hydra_cfg.runtime.output_dir), labels)
+    except RunInUse as exc:
+        if hydra_cfg.mode is RunMode.MULTIRUN:  # leave that job to its owner; sweep on
+            log.error("skipped: %s", exc)
+            return math.nan
+        print(f"rnnreg: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     except RnnregError as exc:
         print(f"rnnreg: error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None

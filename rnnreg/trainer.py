@@ -39,12 +39,39 @@ from rnnreg.records import (
     write_summary,
 )
 from rnnreg.regularizers.activations import activation_regularization
-from rnnreg.runtime import StopRequest, rng_state, seed_everything, select_device, set_rng_state
+from rnnreg.runtime import (
+    StopRequest,
+    exclusive_run,
+    rng_state,
+    seed_everything,
+    select_device,
+    set_rng_state,
+)
 
 log = logging.getLogger(__name__)
 
 LAST = "last.pt"
 BEST = "best.pt"
+
+
+#: Trainer settings that say how a run is executed, not what it computes.
+EXECUTION_SETTINGS = (
+    "resume",
+    "auto_resume",
+    "progress",
+    "threads",
+    "device",
+    "log_every_steps",
+    "checkpoint_every_s",
+)
+
+
+def _outcome_settings(config: Any) -> Any:
+    """A resolved config without :data:`EXECUTION_SETTINGS`."""
+    if not isinstance(config, dict) or not isinstance(config.get("trainer"), dict):
+        return config
+    trainer = {k: v for k, v in config["trainer"].items() if k not in EXECUTION_SETTINGS}
+    return {**config, "trainer": trainer}
 
 
 class Trainer:
@@ -434,7 +461,14 @@ class Trainer:
         return results
 
     def fit(self) -> dict[str, Any]:
-        """Train (or resume) to the end; write ``summary.json``; return the summary."""
+        """Train (or resume) to the end; write ``summary.json``; return the summary.
+
+        The run directory is locked meanwhile: a second process on it raises ``RunInUse``.
+        """
+        with exclusive_run(self.run_dir):
+            return self._fit()
+
+    def _fit(self) -> dict[str, Any]:
         t = self.run.trainer
         done = self._completed_summary() if t.auto_resume else None
         if done is not None:
@@ -509,7 +543,11 @@ class Trainer:
         if summary.get("status") != "completed" or not (self.ckpt_dir / LAST).exists():
             return None
         current = json.loads(json.dumps(as_plain_dict(self.run)))
-        return summary if summary.get("config") == current else None
+        return (
+            summary
+            if _outcome_settings(summary.get("config")) == _outcome_settings(current)
+            else None
+        )
 
     def _hparams(self) -> dict[str, Any]:
         """The knobs a comparison varies: names, sizes, rates, optimizer, seed."""

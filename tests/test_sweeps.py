@@ -11,8 +11,10 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
+from rnnreg import RunInUse
 from rnnreg.config import CONF_DIR
 from rnnreg.report import build_report
+from rnnreg.runtime import exclusive_run
 from rnnreg.train import threads_per_job
 from rnnreg.trainer import Trainer
 from tests.conftest import at_step
@@ -33,24 +35,35 @@ def test_two_job_joblib_multirun_gives_two_summaries_and_a_report(
 ) -> None:
     sweep = tmp_path / "sweep"
     env = dict(os.environ, RNNREG_DATA_DIR=str(tiny_data), RNNREG_CACHE_DIR=str(tmp_path / "c"))
+    launch = [
+        python,
+        "-m",
+        "rnnreg.train",
+        "-m",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        "seed=1,2",
+        *TINY,
+        f"hydra.sweep.dir={sweep}",
+        "trainer.auto_resume=true",
+    ]
+    # The first job's directory is held by another live process (a sweep launched twice):
+    # that job is skipped, the other one runs, and the sweep itself succeeds.
+    with exclusive_run(sweep / "0_none_seed1"):
+        blocked = subprocess.run(
+            launch, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+        )
+    assert blocked.returncode == 0, blocked.stderr[-2000:]
+    assert not (sweep / "0_none_seed1" / "summary.json").exists()
+    assert (sweep / "1_none_seed2" / "summary.json").exists()
+    assert "being trained by another process" in (sweep / "0_none_seed1" / "train.log").read_text()
+
+    # Launched again once the owner is gone: the skipped job runs, the finished one is kept.
+    finished = (sweep / "1_none_seed2" / "summary.json").read_text()
     result = subprocess.run(
-        [
-            python,
-            "-m",
-            "rnnreg.train",
-            "-m",
-            "hydra/launcher=joblib",
-            "hydra.launcher.n_jobs=2",
-            "seed=1,2",
-            *TINY,
-            f"hydra.sweep.dir={sweep}",
-        ],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
+        launch, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
     )
+    assert (sweep / "1_none_seed2" / "summary.json").read_text() == finished
     assert result.returncode == 0, result.stderr[-2000:]
     summaries = sorted(sweep.glob("*/summary.json"))
     assert len(summaries) == 2
@@ -132,10 +145,42 @@ def test_a_relaunched_sweep_skips_completed_runs_and_extends_changed_ones(
     with monkeypatch.context() as patch:
         patch.setattr(Trainer, "_train_step", no_training)
         patch.setattr(Trainer, "_final_evaluation", no_training)
-        again = Trainer(make_config(*settings), tmp_path / "job").fit()
+        # how a run executes (threads, progress display) is not what it computes
+        rerun = make_config(*settings, "trainer.threads=2", "trainer.progress=log")
+        again = Trainer(rerun, tmp_path / "job").fit()
     assert again == first
 
     more = Trainer(make_config("trainer.auto_resume=true", "trainer.epochs=2"), tmp_path / "job")
     extended = more.fit()
     assert extended["status"] == "completed" and extended["epochs"] == 2
     assert extended["steps"] == 2 * first["steps"]
+
+
+def test_a_run_directory_is_locked_while_trained_and_freed_when_its_owner_dies(
+    tmp_path: Path, python: str
+) -> None:
+    job = tmp_path / "job"
+    owner = subprocess.Popen(
+        [
+            python,
+            "-c",
+            "import sys, time\n"
+            "from pathlib import Path\n"
+            "from rnnreg.runtime import exclusive_run\n"
+            "with exclusive_run(Path(sys.argv[1])):\n"
+            "    print('locked', flush=True)\n"
+            "    time.sleep(120)\n",
+            str(job),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert owner.stdout is not None and owner.stdout.readline().strip() == "locked"
+        with pytest.raises(RunInUse, match=f"pid {owner.pid}"), exclusive_run(job):
+            pass
+    finally:
+        owner.kill()  # SIGKILL: no clean-up code runs in the owner
+        owner.wait()
+    with exclusive_run(job):  # no stale lock after a crash
+        assert (job / ".lock").read_text().strip() == str(os.getpid())
