@@ -299,6 +299,9 @@ def plot_figures(groups: list[Group], rows: list[dict[str, Any]], out: Path) -> 
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
+
+    plain = FuncFormatter(lambda value, _: f"{value:.0f}")  # 160, not 1.6 x 10^2
 
     out.mkdir(parents=True, exist_ok=True)
     written = []
@@ -327,6 +330,10 @@ def plot_figures(groups: list[Group], rows: list[dict[str, Any]], out: Path) -> 
             yscale="log",
             title=f"{dataset} / {model}: validation perplexity (band: min–max over seeds)",
         )
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.yaxis.set_major_formatter(plain)
+        ax.yaxis.set_minor_formatter(plain)
+        ax.tick_params(axis="y", which="minor", labelsize=7)
         ax.legend(fontsize=8)
         written.append(_save(fig, out / f"val_curve_{dataset}_{model}.png"))
 
@@ -335,8 +342,8 @@ def plot_figures(groups: list[Group], rows: list[dict[str, Any]], out: Path) -> 
             for r in rows
             if (r["dataset"], r["model"]) == (dataset, model) and r["test_mean"] is not None
         ]
-        fig, ax = plt.subplots(figsize=(7, 4.5))
-        labels = [f"{r['variant']}\n{r['budget']}, {r['evaluation']}" for r in bars]
+        fig, ax = plt.subplots(figsize=(max(7.0, 1.3 * len(bars)), 4.5))
+        labels = [f"{r['variant']}\n{r['budget']}\n{r['evaluation']}" for r in bars]
         xs = list(range(len(bars)))
         ax.errorbar(
             [x - 0.1 for x in xs],
@@ -352,7 +359,12 @@ def plot_figures(groups: list[Group], rows: list[dict[str, Any]], out: Path) -> 
             if r["paper_test"] is not None
         ]
         if paper:
-            ax.plot([p[0] for p in paper], [p[1] for p in paper], "s", label="paper")
+            ax.plot(
+                [p[0] for p in paper],
+                [p[1] for p in paper],
+                "s",
+                label="paper (after its full training protocol)",
+            )
         ax.set_xticks(xs, labels, fontsize=7)
         ax.set(ylabel="test perplexity", title=f"{dataset} / {model}: test perplexity")
         ax.legend(fontsize=8)
