@@ -160,9 +160,10 @@ def published_for(key: Key, rows: list[dict[str, str]]) -> dict[str, str] | None
 
 
 def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation; no deviation from a single run."""
     if not values:
         return None, None
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
 
 
 def summarise(group: Group, published: list[dict[str, str]]) -> dict[str, Any]:
@@ -216,7 +217,9 @@ def _fmt(value: Any, digits: int = 2) -> str:
 
 
 def _pm(mean: float | None, std: float | None) -> str:
-    return "" if mean is None else f"{mean:.2f} ± {std:.2f}"
+    if mean is None:
+        return ""
+    return f"{mean:.2f}" if std is None else f"{mean:.2f} ± {std:.2f}"
 
 
 def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
@@ -348,7 +351,7 @@ def plot_figures(groups: list[Group], rows: list[dict[str, Any]], out: Path) -> 
         ax.errorbar(
             [x - 0.1 for x in xs],
             [r["test_mean"] for r in bars],
-            yerr=[r["test_std"] for r in bars],
+            yerr=[r["test_std"] or 0.0 for r in bars],
             fmt="o",
             capsize=4,
             label="rnnreg",

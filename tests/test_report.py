@@ -73,6 +73,7 @@ def outputs(tmp_path: Path) -> Path:
             test=test,
             mc=mc,
         )
+    fake_run(root / "runs", "single", variant="zoneout", seed=1, val=130.0, test=125.0)
     fake_run(
         root / "runs",
         "cut",
@@ -104,7 +105,14 @@ def read_report(path: Path) -> dict[tuple[str, str], dict[str, str]]:
 def test_report_numbers_equal_hand_computed_means_and_stds(outputs: Path) -> None:
     build_report(outputs)
     rows = read_report(outputs / "report" / "report.csv")
-    assert set(rows) == {("none", "standard"), ("gal_tied", "standard"), ("gal_tied", "mc")}
+    assert set(rows) == {
+        ("none", "standard"),
+        ("gal_tied", "standard"),
+        ("gal_tied", "mc"),
+        ("zoneout", "standard"),
+    }
+    single = rows[("zoneout", "standard")]
+    assert float(single["test_mean"]) == 125.0 and single["test_std"] == ""  # no std of one
     none = rows[("none", "standard")]
     assert none["runs"] == "3" and none["seeds"] == "1 2 3"  # interrupted run not counted
     assert float(none["val_mean"]) == pytest.approx(121.0)
@@ -127,6 +135,7 @@ def test_markdown_lists_every_group_and_the_runs_left_out(outputs: Path) -> None
         "| gal_tied | 3 epochs | standard |",
         "| gal_tied | 3 epochs | mc |",
         "| interrupted | ptb | small | none | 4 | 1 / 3 | 10 |",
+        "| zoneout | 3 epochs | standard | 1 (1) | 130.00 | 125.00 |",  # no ± from one run
         "| diverged | ptb | small | zaremba | 1 |",
     ):
         assert fragment in markdown, fragment
