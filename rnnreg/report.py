@@ -311,7 +311,7 @@ def plot_figures(groups: list[Group], rows: list[dict[str, Any]], out: Path) -> 
     settings = sorted({(g.key[0], g.key[1]) for g in groups})
     for dataset, model in settings:
         curves = [g for g in groups if g.key[:2] == (dataset, model) and g.key[4] == "standard"]
-        fig, ax = plt.subplots(figsize=(7, 4.5))
+        fig, ax = plt.subplots(figsize=(9, 4.5))
         for group in curves:
             by_epoch: dict[int, list[float]] = defaultdict(list)
             for run in group.runs:
@@ -337,7 +337,7 @@ def plot_figures(groups: list[Group], rows: list[dict[str, Any]], out: Path) -> 
         ax.yaxis.set_major_formatter(plain)
         ax.yaxis.set_minor_formatter(plain)
         ax.tick_params(axis="y", which="minor", labelsize=7)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))  # off the curves
         written.append(_save(fig, out / f"val_curve_{dataset}_{model}.png"))
 
         bars = [
