@@ -38,7 +38,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from rnnreg.recurrence import Recurrence, recurrence
+from rnnreg.recurrence import InStepMasks, Recurrence, recurrence
 from rnnreg.regularizers.masks import Granularity, draw_activation_mask, draw_mask
 from rnnreg.regularizers.weights import drop_weight
 
@@ -123,6 +123,12 @@ class StepMasks:
     zoneout_cell: torch.Tensor | None = None
     zoneout_hidden: torch.Tensor | None = None
     weight_hh: torch.Tensor | None = None
+
+    def in_step(self) -> InStepMasks:
+        """The masks that act inside the step (what the recurrence takes)."""
+        return InStepMasks(
+            self.hidden, self.update, self.memory, self.zoneout_cell, self.zoneout_hidden
+        )
 
 
 class LSTMLayer(nn.Module):
@@ -335,11 +341,7 @@ class LSTMLayer(nn.Module):
             h0[0],
             c0[0],
             weight_hh,
-            masks.hidden,
-            masks.update,
-            masks.memory,
-            masks.zoneout_cell,
-            masks.zoneout_hidden,
+            masks.in_step(),
             self.dropout.memory_carried,
         )
         return outputs, (h.unsqueeze(0), c.unsqueeze(0))

@@ -21,14 +21,14 @@ Two implementations of the same function:
   forward and backward are plain functions of tensors, so ``torch.compile`` can fuse
   their element-wise work without tracing autograd.
 
-Masks are constants (no gradient). Shapes: gx (T, B, 4H), or gate-major (T, 4, B, H) when
-``hidden_mask`` is untied (T|1, 4, B|1, H); other masks (T|1, B|1, H); h, c (B, H).
+Masks (:class:`InStepMasks`) are constants (no gradient). gx is (T, B, 4H), or gate-major
+(T, 4, B, H) when z_h is untied; h, c are (B, H).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -40,6 +40,29 @@ def _at(mask: Mask, t: int) -> Mask:
     if mask is None:
         return None
     return mask[t] if mask.size(0) > 1 else mask[0]
+
+
+class InStepMasks(NamedTuple):
+    """The masks inside the step, time-major; ``None`` where a variant has none.
+
+    ``hidden`` is z_h, (T|1, B|1, H) or (T|1, 4, B|1, H) per gate (untied); ``update``
+    z_u (Semeniuta), ``memory`` z_m (Moon), ``zoneout_cell``/``zoneout_hidden`` z^c/z^h,
+    each (T|1, B|1, H). A leading 1 means one mask for every step.
+    """
+
+    hidden: Mask = None
+    update: Mask = None
+    memory: Mask = None
+    zoneout_cell: Mask = None
+    zoneout_hidden: Mask = None
+
+    @property
+    def untied(self) -> bool:
+        return self.hidden is not None and self.hidden.dim() == 4
+
+    def at(self, t: int) -> InStepMasks:
+        """The masks of step ``t``."""
+        return InStepMasks(*(_at(mask, t) for mask in self))
 
 
 def _gate_preactivations(
@@ -91,16 +114,11 @@ def recurrence(
     h: torch.Tensor,
     c: torch.Tensor,
     weight_hh: torch.Tensor,
-    hidden_mask: Mask,
-    update_mask: Mask,
-    memory_mask: Mask,
-    zoneout_cell: Mask,
-    zoneout_hidden: Mask,
+    masks: InStepMasks,
     memory_carried: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Run the step equations over ``gx`` from (h, c); returns outputs (T, B, H), h_T, c_T."""
-    masks = (hidden_mask, update_mask, memory_mask, zoneout_cell, zoneout_hidden)
-    outputs, h, c, *_ = forward_saving(gx, h, c, weight_hh, *masks, memory_carried)
+    outputs, h, c, *_ = forward_saving(gx, h, c, weight_hh, masks, memory_carried)
     return outputs, h, c
 
 
@@ -109,11 +127,7 @@ def forward_saving(
     h: torch.Tensor,
     c: torch.Tensor,
     weight_hh: torch.Tensor,
-    hidden_mask: Mask,
-    update_mask: Mask,
-    memory_mask: Mask,
-    zoneout_cell: Mask,
-    zoneout_hidden: Mask,
+    masks: InStepMasks,
     memory_carried: bool,
 ) -> tuple[torch.Tensor, ...]:
     """:func:`recurrence` that also returns what the backward needs.
@@ -121,20 +135,14 @@ def forward_saving(
     Returns (outputs, h_T, c_T, gates, c_prev, tau): ``gates`` (T, 4, B, H) holds
     i, f, g, o; ``c_prev`` (T, B, H) holds c_{t-1}; ``tau`` (T, B, H) the tanh in ĥ_t.
     """
-    untied = hidden_mask is not None and hidden_mask.dim() == 4
+    untied = masks.untied
     outputs, gates, c_prev, taus = [], [], [], []
     for t in range(gx.size(0)):
-        a = _gate_preactivations(gx[t], h, weight_hh, _at(hidden_mask, t), untied)
+        z = masks.at(t)
+        a = _gate_preactivations(gx[t], h, weight_hh, z.hidden, untied)
         c_prev.append(c)
         h, c, i, f, g, o, tau = _cell(
-            *a,
-            h,
-            c,
-            _at(update_mask, t),
-            _at(memory_mask, t),
-            _at(zoneout_cell, t),
-            _at(zoneout_hidden, t),
-            memory_carried,
+            *a, h, c, z.update, z.memory, z.zoneout_cell, z.zoneout_hidden, memory_carried
         )
         outputs.append(h)
         gates.append(torch.stack((i, f, g, o)))
@@ -159,11 +167,7 @@ def backward_through_time(
     c_prev: torch.Tensor,
     tau: torch.Tensor,
     weight_hh: torch.Tensor,
-    hidden_mask: Mask,
-    update_mask: Mask,
-    memory_mask: Mask,
-    zoneout_cell: Mask,
-    zoneout_hidden: Mask,
+    masks: InStepMasks,
     memory_carried: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients (d gx, d h0, d c0, d U) from those of (outputs, h_T, c_T).
@@ -177,15 +181,15 @@ def backward_through_time(
         d gx_t = δ_t            dU = Σ_t δ_tᵀ (h_{t-1} ∘ z_h)
     """
     steps, batch, hidden = outputs.shape
-    untied = hidden_mask is not None and hidden_mask.dim() == 4
+    untied = masks.untied
     u_gates = weight_hh.view(4, hidden, hidden)
     dh, dc = d_h, d_c
     deltas = []
     for t in range(steps - 1, -1, -1):
         dh = dh + d_outputs[t]
         i, f, g, o = gates[t].unbind(0)
-        z_c, z_hh = _at(zoneout_cell, t), _at(zoneout_hidden, t)
-        z_u, z_m = _at(update_mask, t), _at(memory_mask, t)
+        z = masks.at(t)
+        z_c, z_hh, z_u, z_m = z.zoneout_cell, z.zoneout_hidden, z.update, z.memory
         dh_hat = dh if z_hh is None else dh * (1 - z_hh)
         dc_hat = dc if z_c is None else dc * (1 - z_c)
         d_tanh = dh_hat * o * (1 - tau[t] * tau[t])
@@ -209,7 +213,7 @@ def backward_through_time(
         dc_next = dc_hat * f
         if z_c is not None:
             dc_next = dc_next + dc * z_c
-        z_h = _at(hidden_mask, t)
+        z_h = z.hidden
         if untied:
             dh_next = (torch.bmm(delta, u_gates) * z_h).sum(0)
         else:
@@ -222,13 +226,13 @@ def backward_through_time(
     delta_all = torch.stack(deltas[::-1])  # (T, 4, B, H) untied, else (T, B, 4, H)
     h_prev = torch.cat((h0.unsqueeze(0), outputs[:-1]))  # (T, B, H)
     if untied:
-        hz = (h_prev.unsqueeze(1) * hidden_mask).transpose(0, 1).reshape(4, steps * batch, hidden)
+        hz = (h_prev.unsqueeze(1) * masks.hidden).transpose(0, 1).reshape(4, steps * batch, hidden)
         d_weight = torch.bmm(
             delta_all.transpose(0, 1).reshape(4, steps * batch, hidden).transpose(1, 2), hz
         ).reshape(4 * hidden, hidden)
         d_gx = delta_all
     else:
-        hz = h_prev if hidden_mask is None else h_prev * hidden_mask
+        hz = h_prev if masks.hidden is None else h_prev * masks.hidden
         d_gx = delta_all.view(steps, batch, 4 * hidden)
         d_weight = d_gx.reshape(steps * batch, 4 * hidden).t() @ hz.reshape(steps * batch, hidden)
     return d_gx, dh, dc, d_weight
@@ -245,9 +249,9 @@ class _RecurrenceFunction(torch.autograd.Function):
         weight_hh: torch.Tensor,
         *masks_and_flag: Any,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        *masks, memory_carried = masks_and_flag
+        *masks, memory_carried = masks_and_flag  # flat, so that autograd sees every tensor
         outputs, h, c, gates, c_prev, tau = impl.forward_fn(
-            gx, h0, c0, weight_hh, *masks, memory_carried
+            gx, h0, c0, weight_hh, InStepMasks(*masks), memory_carried
         )
         ctx.impl = impl
         ctx.memory_carried = memory_carried
@@ -270,7 +274,7 @@ class _RecurrenceFunction(torch.autograd.Function):
             c_prev,
             tau,
             weight_hh,
-            *masks,
+            InStepMasks(*masks),
             ctx.memory_carried,
         )
         return (None, d_gx, d_h0, d_c0, d_weight, *([None] * (ctx.mask_count + 1)))
@@ -296,11 +300,7 @@ class Recurrence:
         h: torch.Tensor,
         c: torch.Tensor,
         weight_hh: torch.Tensor,
-        hidden_mask: Mask,
-        update_mask: Mask,
-        memory_mask: Mask,
-        zoneout_cell: Mask,
-        zoneout_hidden: Mask,
+        masks: InStepMasks,
         memory_carried: bool,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Same inputs and outputs as :func:`recurrence`."""
@@ -310,10 +310,6 @@ class Recurrence:
             h,
             c,
             weight_hh,
-            hidden_mask,
-            update_mask,
-            memory_mask,
-            zoneout_cell,
-            zoneout_hidden,
+            *masks,
             memory_carried,
         )

@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rnnreg.recurrence import Recurrence, backward_through_time, forward_saving, recurrence
+from rnnreg.recurrence import (
+    InStepMasks,
+    Recurrence,
+    backward_through_time,
+    forward_saving,
+    recurrence,
+)
 
 T, B, H = 6, 3, 5
 
@@ -15,25 +21,23 @@ def bernoulli(shape: tuple[int, ...], keep: float, scale: bool, gen: torch.Gener
     return mask / keep if scale else mask
 
 
-def masks_for(case: str, gen: torch.Generator) -> dict[str, torch.Tensor | None]:
+def masks_for(case: str, gen: torch.Generator) -> InStepMasks:
     """Masks of every shape the layer passes: per step, per sequence, shared by the batch."""
-    masks: dict[str, torch.Tensor | None] = dict.fromkeys(
-        ("hidden_mask", "update_mask", "memory_mask", "zoneout_cell", "zoneout_hidden")
-    )
+    masks: dict[str, torch.Tensor | None] = {}
     if case in ("gal", "composed"):
-        masks["hidden_mask"] = bernoulli((1, B, H), 0.7, True, gen)
+        masks["hidden"] = bernoulli((1, B, H), 0.7, True, gen)
     if case == "gal_untied":
-        masks["hidden_mask"] = bernoulli((1, 4, B, H), 0.7, True, gen)
+        masks["hidden"] = bernoulli((1, 4, B, H), 0.7, True, gen)
     if case in ("gal_untied_step",):
-        masks["hidden_mask"] = bernoulli((T, 4, B, H), 0.7, True, gen)
+        masks["hidden"] = bernoulli((T, 4, B, H), 0.7, True, gen)
     if case in ("semeniuta", "composed"):
-        masks["update_mask"] = bernoulli((T, B, H), 0.75, True, gen)
+        masks["update"] = bernoulli((T, B, H), 0.75, True, gen)
     if case in ("moon", "moon_carried", "composed"):
-        masks["memory_mask"] = bernoulli((1, B, H), 0.6, True, gen)
+        masks["memory"] = bernoulli((1, B, H), 0.6, True, gen)
     if case in ("zoneout", "composed"):
         masks["zoneout_cell"] = bernoulli((T, B, H), 0.25, False, gen)
         masks["zoneout_hidden"] = bernoulli((T, 1, H), 0.5, False, gen)
-    return masks
+    return InStepMasks(**masks)
 
 
 CASES = [
@@ -69,11 +73,11 @@ def test_hand_written_backward_equals_autograd(case: str) -> None:
         torch.randn(s, generator=gen, dtype=torch.float64) for s in [(T, B, H), (B, H), (B, H)]
     ]
 
-    expected = recurrence(*leaves, *masks.values(), carried)
+    expected = recurrence(*leaves, masks, carried)
     expected_grads = torch.autograd.grad(
         sum((y * w).sum() for y, w in zip(expected, upstream, strict=True)), leaves
     )
-    got = Recurrence()(*leaves, *masks.values(), carried)
+    got = Recurrence()(*leaves, masks, carried)
     got_grads = torch.autograd.grad(
         sum((y * w).sum() for y, w in zip(got, upstream, strict=True)), leaves
     )
@@ -89,23 +93,23 @@ def test_gradcheck_of_the_composed_step() -> None:
     leaves = inputs("composed", gen)
     masks = masks_for("composed", gen)
     impl = Recurrence()
-    assert torch.autograd.gradcheck(lambda *xs: impl(*xs, *masks.values(), False), leaves)
+    assert torch.autograd.gradcheck(lambda *xs: impl(*xs, masks, False), leaves)
 
 
 def test_a_wrong_derivative_is_caught() -> None:
     """The comparison above can fail: drop δ_f's dependence on c_{t-1} and it must."""
     gen = torch.Generator().manual_seed(3)
     leaves = inputs("none", gen)
-    masks = list(masks_for("none", gen).values())
-    outputs, h, c, gates, c_prev, tau = forward_saving(*(x.detach() for x in leaves), *masks, False)
+    masks = masks_for("none", gen)
+    outputs, h, c, gates, c_prev, tau = forward_saving(*(x.detach() for x in leaves), masks, False)
     ones = torch.ones_like(outputs)
     zeros = torch.zeros_like(h)
     args = (ones, zeros, zeros, leaves[1].detach(), outputs, gates)
-    right = backward_through_time(*args, c_prev, tau, leaves[3].detach(), *masks, False)
+    right = backward_through_time(*args, c_prev, tau, leaves[3].detach(), masks, False)
     wrong = backward_through_time(
-        *args, torch.ones_like(c_prev), tau, leaves[3].detach(), *masks, False
+        *args, torch.ones_like(c_prev), tau, leaves[3].detach(), masks, False
     )
     assert not torch.allclose(right[0], wrong[0])
-    expected = recurrence(*leaves, *masks, False)[0]
+    expected = recurrence(*leaves, masks, False)[0]
     reference = torch.autograd.grad(expected.sum(), leaves[0])[0]
     torch.testing.assert_close(right[0], reference)
