@@ -109,6 +109,42 @@ def _cell(
     return h_new, c_new, i, f, g, o, tau
 
 
+def _steps(
+    gx: torch.Tensor,
+    h: torch.Tensor,
+    c: torch.Tensor,
+    weight_hh: torch.Tensor,
+    masks: InStepMasks,
+    memory_carried: bool,
+    save: bool,
+) -> tuple[torch.Tensor, ...]:
+    """The forward loop; with ``save`` it also keeps what the backward needs."""
+    untied = masks.untied
+    outputs, gates, c_prev, taus = [], [], [], []
+    for t in range(gx.size(0)):
+        z = masks.at(t)
+        a = _gate_preactivations(gx[t], h, weight_hh, z.hidden, untied)
+        if save:
+            c_prev.append(c)
+        h, c, i, f, g, o, tau = _cell(
+            *a, h, c, z.update, z.memory, z.zoneout_cell, z.zoneout_hidden, memory_carried
+        )
+        outputs.append(h)
+        if save:
+            gates.append(torch.stack((i, f, g, o)))
+            taus.append(tau)
+    if not save:
+        return torch.stack(outputs), h, c
+    return (
+        torch.stack(outputs),
+        h,
+        c,
+        torch.stack(gates),
+        torch.stack(c_prev),
+        torch.stack(taus),
+    )
+
+
 def recurrence(
     gx: torch.Tensor,
     h: torch.Tensor,
@@ -118,7 +154,7 @@ def recurrence(
     memory_carried: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Run the step equations over ``gx`` from (h, c); returns outputs (T, B, H), h_T, c_T."""
-    outputs, h, c, *_ = forward_saving(gx, h, c, weight_hh, masks, memory_carried)
+    outputs, h, c = _steps(gx, h, c, weight_hh, masks, memory_carried, save=False)
     return outputs, h, c
 
 
@@ -135,26 +171,7 @@ def forward_saving(
     Returns (outputs, h_T, c_T, gates, c_prev, tau): ``gates`` (T, 4, B, H) holds
     i, f, g, o; ``c_prev`` (T, B, H) holds c_{t-1}; ``tau`` (T, B, H) the tanh in ĥ_t.
     """
-    untied = masks.untied
-    outputs, gates, c_prev, taus = [], [], [], []
-    for t in range(gx.size(0)):
-        z = masks.at(t)
-        a = _gate_preactivations(gx[t], h, weight_hh, z.hidden, untied)
-        c_prev.append(c)
-        h, c, i, f, g, o, tau = _cell(
-            *a, h, c, z.update, z.memory, z.zoneout_cell, z.zoneout_hidden, memory_carried
-        )
-        outputs.append(h)
-        gates.append(torch.stack((i, f, g, o)))
-        taus.append(tau)
-    return (
-        torch.stack(outputs),
-        h,
-        c,
-        torch.stack(gates),
-        torch.stack(c_prev),
-        torch.stack(taus),
-    )
+    return _steps(gx, h, c, weight_hh, masks, memory_carried, save=True)
 
 
 def backward_through_time(
