@@ -25,7 +25,7 @@ PAPER_EXPERIMENTS := zaremba_medium,zaremba_large,gal_medium,gal_medium_untied,g
 PAPER_DIR ?= outputs/multiruns/sweep-paper
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test lint format run data bench sweep sweep-paper report clean
+.PHONY: help setup test lint format run data bench sweep sweep-paper report results record clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -76,6 +76,13 @@ sweep-paper: $(STAMP) ## the paper presets x 3 seeds on SLURM GPUs (set RNNREG_S
 
 report: $(STAMP) ## the perplexity table of every run under outputs/ (or OUTPUTS=dir)
 	$(PY) -m rnnreg.report
+
+results: $(STAMP) ## regenerate results/README.md (the ledger table) from results/runs/*.json
+	$(PY) -m rnnreg.ledger table
+
+record: $(STAMP) ## add or refresh a run in the ledger: make record RUN=<run dir> [NAME=...]
+	@test -n "$(RUN)" || { echo "make record needs RUN=<run directory>"; exit 2; }
+	$(PY) -m rnnreg.ledger record $(abspath $(RUN)) $(if $(NAME),--name $(NAME))
 
 clean: ## remove .venv and caches (keeps outputs/ and data/)
 	rm -rf $(VENV) .pytest_cache .ruff_cache data/cache

@@ -142,7 +142,9 @@ class VariantConfig:
 
     Rates are named by what they drop:
 
-    - ``p_embedding``: word types (whole rows of the embedding matrix), per forward pass;
+    - ``p_embedding``: word types (every occurrence of a dropped word), one mask over the
+      vocabulary per forward pass (``embedding_granularity=batch``, AWD-LSTM) or per
+      batch row and BPTT window (``sequence``, Gal's Lua code);
     - ``p_input``: the embedding output entering layer 1; ``p_between``: each layer's
       output entering the next; ``p_output``: the last output entering the decoder
       (granularity ``activation_granularity``: Zaremba ``step``, Gal/AWD ``sequence``);
@@ -157,6 +159,7 @@ class VariantConfig:
 
     name: str = "none"
     p_embedding: float = 0.0
+    embedding_granularity: Granularity = Granularity.batch
     p_input: float = 0.0
     p_between: float = 0.0
     p_output: float = 0.0
@@ -297,6 +300,23 @@ class TrainerConfig:
             )
 
 
+class TestWeights(str, Enum):
+    """Which weights the test set is scored with: ``best`` validation (AWD-LSTM's rule) or
+    ``final``, after the last epoch (Zaremba's and Gal's Lua code). Both are recorded."""
+
+    best = "best"
+    final = "final"
+
+
+class MaskDraw(str, Enum):
+    """MC dropout: ``window`` draws fresh masks at every BPTT window; ``stream`` draws a
+    sample's time-constant masks once for its whole pass over the split (one draw of the
+    weights from the approximate posterior: Gal's ``run_MC_test``)."""
+
+    window = "window"
+    stream = "stream"
+
+
 @dataclass
 class EvalConfig:
     """Perplexity = exp(mean NLL over every predicted token of a split, each once)."""
@@ -311,6 +331,12 @@ class EvalConfig:
     mc_samples: int = 0
     #: At most this many samples per batched pass (0: all K in one pass).
     mc_replicas_per_pass: int = 0
+    #: When MC-dropout masks are drawn (see :class:`MaskDraw`).
+    mc_mask_draw: MaskDraw = MaskDraw.window
+    #: Keep the word-type (embedding) mask on in MC dropout (Gal's code turns it off).
+    mc_embedding_dropout: bool = True
+    #: The weights whose test perplexity is ``test_ppl`` (and MC); see :class:`TestWeights`.
+    test_weights: TestWeights = TestWeights.best
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "test_batch_size", "bptt"):

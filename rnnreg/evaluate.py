@@ -59,6 +59,9 @@ def evaluate_mc(
     bptt: int,
     samples: int,
     replicas_per_pass: int = 0,
+    *,
+    hold_masks: bool = False,
+    embedding_dropout: bool = True,
 ) -> Evaluation:
     """MC-dropout evaluation (Gal & Ghahramani): masks on, probabilities averaged.
 
@@ -68,6 +71,11 @@ def evaluate_mc(
     state and its own masks. The K samples run as one batched pass: the batch is
     replicated K times (replica-major columns) with independent masks per copy;
     ``replicas_per_pass`` > 0 caps the copies per pass to bound memory.
+
+    ``hold_masks`` keeps each sample's time-constant masks for its whole pass over the
+    split instead of drawing them at every window (``eval.mc_mask_draw=stream``);
+    ``embedding_dropout=False`` turns the word-type mask off (both as Gal's
+    ``run_MC_test``).
     """
     if samples < 1:
         raise ValueError(f"MC dropout needs at least one sample, got {samples}")
@@ -79,7 +87,12 @@ def evaluate_mc(
     try:
         for first in range(0, samples, per_pass):
             replicas = min(per_pass, samples - first)
-            model.set_mc_dropout(True, replicas=replicas)
+            model.set_mc_dropout(
+                True,
+                replicas=replicas,
+                hold_masks=hold_masks,
+                embedding_dropout=embedding_dropout,
+            )
             state = model.init_state(replicas * batch)
             for index, inputs, targets in windows(source, bptt):
                 logits, state = model(inputs.repeat(1, replicas), state)

@@ -39,7 +39,13 @@ import torch
 from torch import nn
 
 from rnnreg.recurrence import InStepMasks, Recurrence, recurrence
-from rnnreg.regularizers.masks import Granularity, draw_activation_mask, draw_mask
+from rnnreg.regularizers.masks import (
+    Granularity,
+    HeldMasks,
+    draw_activation_mask,
+    draw_mask,
+    held_or_drawn,
+)
 from rnnreg.regularizers.weights import drop_weight
 
 LayerState = tuple[torch.Tensor, torch.Tensor]
@@ -149,6 +155,8 @@ class LSTMLayer(nn.Module):
         self.mc_dropout = False
         #: Independent copies in the batch (MC dropout): ``batch`` masks per copy.
         self.replicas = 1
+        #: Time-constant masks kept across forward passes (MC dropout, one draw per pass).
+        self.held: HeldMasks | None = None
         requested = LSTMPath(path)
         if requested is LSTMPath.fused and self.dropout.needs_loop:
             raise ValueError(
@@ -192,7 +200,12 @@ class LSTMLayer(nn.Module):
         stochastic = self.stochastic
 
         def inverted(
-            p: float, granularity: Granularity, scale: bool, units: int, untied: bool = False
+            name: str,
+            p: float,
+            granularity: Granularity,
+            scale: bool,
+            units: int,
+            untied: bool = False,
         ) -> torch.Tensor | None:
             if p == 0.0:
                 return None
@@ -200,47 +213,60 @@ class LSTMLayer(nn.Module):
                 if scale:
                     return None
                 return torch.full((1, 1, units), 1.0 - p, device=device, dtype=dtype)
-            return draw_activation_mask(
-                (steps, batch, units),
-                p,
+            return held_or_drawn(
+                self.held,
+                name,
                 granularity,
-                gates=4 if untied else None,
-                replicas=self.replicas,
-                scale=scale,
-                device=device,
-                dtype=dtype,
+                lambda: draw_activation_mask(
+                    (steps, batch, units),
+                    p,
+                    granularity,
+                    gates=4 if untied else None,
+                    replicas=self.replicas,
+                    scale=scale,
+                    device=device,
+                    dtype=dtype,
+                ),
             )
 
-        def keep(p: float) -> torch.Tensor | None:
+        def keep(name: str, p: float) -> torch.Tensor | None:
             if p == 0.0:
                 return None
             if not stochastic:  # E[z] = p
                 return torch.full((1, 1, self.hidden_size), p, device=device, dtype=dtype)
             # z = 1 (keep the old value) with probability p: "dropped" with probability 1 - p
-            return draw_activation_mask(
-                (steps, batch, self.hidden_size),
-                1.0 - p,
+            return held_or_drawn(
+                self.held,
+                name,
                 d.zoneout_granularity,
-                replicas=self.replicas,
-                scale=False,
-                device=device,
-                dtype=dtype,
+                lambda: draw_activation_mask(
+                    (steps, batch, self.hidden_size),
+                    1.0 - p,
+                    d.zoneout_granularity,
+                    replicas=self.replicas,
+                    scale=False,
+                    device=device,
+                    dtype=dtype,
+                ),
             )
 
+        h_size = self.hidden_size
         masks = StepMasks(
-            input=inverted(d.p_input, d.input_granularity, d.scale, self.input_size, True)
+            input=inverted("input", d.p_input, d.input_granularity, d.scale, self.input_size, True)
             if d.untied
             else None,
             hidden=None
             if d.hidden_on_weight
-            else inverted(d.p_hidden, d.hidden_granularity, d.scale, self.hidden_size, d.untied),
-            update=inverted(d.p_update, d.update_granularity, d.update_scale, self.hidden_size),
-            memory=inverted(d.p_memory, d.memory_granularity, d.scale, self.hidden_size),
-            zoneout_cell=keep(d.zoneout_cell),
-            zoneout_hidden=keep(d.zoneout_hidden),
+            else inverted("hidden", d.p_hidden, d.hidden_granularity, d.scale, h_size, d.untied),
+            update=inverted("update", d.p_update, d.update_granularity, d.update_scale, h_size),
+            memory=inverted("memory", d.p_memory, d.memory_granularity, d.scale, h_size),
+            zoneout_cell=keep("zoneout_cell", d.zoneout_cell),
+            zoneout_hidden=keep("zoneout_hidden", d.zoneout_hidden),
         )
         if stochastic:
-            masks.weight_hh = self._draw_weight_mask(device, dtype)
+            masks.weight_hh = held_or_drawn(
+                self.held, "weight_hh", None, lambda: self._draw_weight_mask(device, dtype)
+            )
         return masks
 
     def _draw_weight_mask(self, device: torch.device, dtype: torch.dtype) -> torch.Tensor | None:
@@ -292,22 +318,25 @@ class LSTMLayer(nn.Module):
         self, x: torch.Tensor, state: LayerState
     ) -> tuple[torch.Tensor, LayerState]:
         """One weight mask per replica: run each replica's rows with its own U ∘ M."""
-        replicas = self.replicas
+        replicas, held = self.replicas, self.held
         outputs, hs, cs = [], [], []
         self.replicas = 1
         try:
-            for xs, h, c in zip(
-                x.chunk(replicas, 1),
-                state[0].chunk(replicas, 1),
-                state[1].chunk(replicas, 1),
-                strict=True,
+            for index, (xs, h, c) in enumerate(
+                zip(
+                    x.chunk(replicas, 1),
+                    state[0].chunk(replicas, 1),
+                    state[1].chunk(replicas, 1),
+                    strict=True,
+                )
             ):
+                self.held = None if held is None else held.child(index)
                 out, (h, c) = self.forward(xs, (h, c))
                 outputs.append(out)
                 hs.append(h)
                 cs.append(c)
         finally:
-            self.replicas = replicas
+            self.replicas, self.held = replicas, held
         return torch.cat(outputs, 1), (torch.cat(hs, 1), torch.cat(cs, 1))
 
     def _loop(

@@ -1,6 +1,7 @@
 """The language model wiring: embedding -> LSTM layers -> decoder, with the masks between.
 
-    e_t       = (E ∘ z_embedding)[w_t]                   (p_embedding, word types)
+    e_t       = (E ∘ z_embedding)[w_t]                   (p_embedding, word types, per
+                                                          pass or per row and window)
     x^1_t     = e_t ∘ z_input                             (p_input)
     h^l_t     = LSTM_l(x^l_t, h^l_{t-1}, c^l_{t-1})        (in-step masks: rnnreg.lstm)
     x^{l+1}_t = h^l_t ∘ z_between                         (p_between)
@@ -22,6 +23,7 @@ from rnnreg.config import GateMasks, InitScheme, ModelConfig, VariantConfig
 from rnnreg.lstm import InStepDropout, LSTMLayer
 from rnnreg.regularizers import ActivationDropout
 from rnnreg.regularizers.embedding import embed_with_type_dropout
+from rnnreg.regularizers.masks import HeldMasks
 
 State = list[tuple[torch.Tensor, torch.Tensor]]
 
@@ -65,8 +67,12 @@ class LanguageModel(nn.Module):
         super().__init__()
         self.vocab_size = vocab_size
         self.p_embedding = variant.p_embedding
+        self.embedding_granularity = variant.embedding_granularity
         self.mc_dropout = False
         self.replicas = 1
+        #: MC dropout: whether the word-type mask stays on (Gal's run_MC_test turns it off).
+        self.mc_embedding_dropout = True
+        self.held: HeldMasks | None = None
         self.embedding = nn.Embedding(vocab_size, model.embedding_size)
         output_sizes = [model.hidden_size] * (model.num_layers - 1) + [model.output_size]
         input_sizes = [model.embedding_size, *output_sizes[:-1]]
@@ -110,19 +116,33 @@ class LanguageModel(nn.Module):
             for layer in self.layers:
                 layer.lstm.reset_parameters()  # U(-1/sqrt(H), 1/sqrt(H))
 
-    def set_mc_dropout(self, enabled: bool, replicas: int = 1) -> None:
+    def set_mc_dropout(
+        self,
+        enabled: bool,
+        replicas: int = 1,
+        *,
+        hold_masks: bool = False,
+        embedding_dropout: bool = True,
+    ) -> None:
         """Keep the training-time masks on outside training (MC-dropout evaluation).
 
         ``replicas`` = R says that the batch holds R independent copies, replica-major:
         masks drawn once per forward pass (``batch``, word types, weights) are then
         drawn once per copy, so that the copies are independent samples.
+        ``hold_masks`` draws every time-constant mask once, at the first forward pass,
+        and keeps it for the following ones until the next call (one draw per sample
+        over the whole stream, as Gal's ``run_MC_test``); otherwise each pass (BPTT
+        window) draws anew. ``embedding_dropout=False`` turns the word-type mask off.
         """
         self.mc_dropout = enabled
         self.replicas = replicas if enabled else 1
+        self.mc_embedding_dropout = embedding_dropout or not enabled
+        self.held = HeldMasks() if enabled and hold_masks else None
         for module in self.modules():
             if module is not self and hasattr(module, "mc_dropout"):
                 module.mc_dropout = enabled
                 module.replicas = self.replicas
+                module.held = HeldMasks() if self.held is not None else None
 
     @property
     def stochastic(self) -> bool:
@@ -151,8 +171,10 @@ class LanguageModel(nn.Module):
             self.embedding,
             tokens,
             self.p_embedding,
-            training=self.stochastic,
+            training=self.training or (self.mc_dropout and self.mc_embedding_dropout),
+            granularity=self.embedding_granularity,
             replicas=self.replicas,
+            held=self.held,
         )
         x = self.input_dropout(embedded)
         new_state: State = []

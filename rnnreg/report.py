@@ -114,7 +114,7 @@ class Group:
 def find_runs(outputs: Path) -> list[Run]:
     """Every directory under ``outputs`` holding a readable summary.json."""
     runs = []
-    for root, _dirs, files in os.walk(outputs):
+    for root, _dirs, files in os.walk(outputs, followlinks=True):  # outputs/ledger links
         if "summary.json" not in files or Path(root).name == "report":
             continue
         path = Path(root)

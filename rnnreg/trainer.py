@@ -25,7 +25,15 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from rnnreg import RnnregError
-from rnnreg.config import Averaging, Progress, RunConfig, Stage, as_plain_dict
+from rnnreg.config import (
+    Averaging,
+    MaskDraw,
+    Progress,
+    RunConfig,
+    Stage,
+    TestWeights,
+    as_plain_dict,
+)
 from rnnreg.data import Corpus, batchify, load_corpus, variable_bptt_length, window_at
 from rnnreg.evaluate import evaluate, evaluate_mc
 from rnnreg.model import Activations, LanguageModel, State, count_parameters, detach_state
@@ -41,6 +49,8 @@ from rnnreg.records import (
 from rnnreg.regularizers.activations import activation_regularization
 from rnnreg.runtime import (
     StopRequest,
+    cpu_model,
+    device_name,
     exclusive_run,
     rng_state,
     seed_everything,
@@ -126,6 +136,7 @@ class Trainer:
         self.elapsed_before = 0.0
         self.best_val_ppl = math.inf
         self.best_epoch = 0
+        self.last_val_ppl = math.nan  # the last epoch's validation (final weights)
         self.finished = False  # a fine-tuning stage that stopped improving
         self.start_time = time.monotonic()
         self.git_commit = git_commit()  # the code this process runs, read once at start
@@ -155,6 +166,7 @@ class Trainer:
             "elapsed_s": self._elapsed(),
             "best_val_ppl": self.best_val_ppl,
             "best_epoch": self.best_epoch,
+            "last_val_ppl": self.last_val_ppl,
             "finished": self.finished,
             "config": as_plain_dict(self.run),
         }
@@ -196,6 +208,7 @@ class Trainer:
             "finished",
         ):
             setattr(self, key, ckpt[key])
+        self.last_val_ppl = ckpt.get("last_val_ppl", math.nan)  # absent before 2026-11
         self.elapsed_before = ckpt["elapsed_s"]
         hidden = ckpt["hidden"]
         self.state = None if hidden is None else [(h, c) for h, c in hidden]
@@ -413,6 +426,7 @@ class Trainer:
             " (averaged weights)" if averaged else "",
             rate,
         )
+        self.last_val_ppl = val.perplexity
         if val.perplexity < self.best_val_ppl:
             self.best_val_ppl, self.best_epoch = val.perplexity, epoch
             save_checkpoint(
@@ -430,6 +444,7 @@ class Trainer:
         self.state = None
         self.schedule.step(val.loss)
         self.save()
+        self._write_summary("running", None)  # progress a reader (the ledger) can see
         return self.finished
 
     def _start_finetune(self) -> None:
@@ -448,15 +463,37 @@ class Trainer:
         log.info("fine-tuning from %s (its epoch %s)", path, ckpt.get("epoch"))
 
     def _final_evaluation(self) -> dict[str, float]:
-        """Test perplexity of the best weights; with ``eval.mc_samples`` also MC dropout."""
+        """Test perplexity of the final and of the best-validation weights; ``test_ppl``
+        (and MC dropout, with ``eval.mc_samples``) uses those of ``eval.test_weights``.
+
+        ``final``: the weights after the last step (averaged under NT-ASGD), as Zaremba's
+        and Gal's Lua code test them; ``best``: the best validation epoch's (AWD-LSTM).
+        """
+        e = self.run.eval
+        final_model = self.averaging.eval_model(self.model)
+        results = {"test_ppl_final": evaluate(final_model, self.test_data, e.bptt).perplexity}
+        final_weights = {k: v.detach().clone() for k, v in final_model.state_dict().items()}
         best = self.ckpt_dir / BEST
         if best.exists():
             self.model.load_state_dict(load_checkpoint(best, map_location=self.device)["model"])
-        e = self.run.eval
-        results = {"test_ppl": evaluate(self.model, self.test_data, e.bptt).perplexity}
+            results["test_ppl_best"] = evaluate(self.model, self.test_data, e.bptt).perplexity
+        else:  # no validation was ever better than inf: the final weights are the best
+            self.model.load_state_dict(final_weights)
+            results["test_ppl_best"] = results["test_ppl_final"]
+        if e.test_weights is TestWeights.final:
+            self.model.load_state_dict(final_weights)
+        results["test_ppl"] = results[f"test_ppl_{e.test_weights.value}"]
         if e.mc_samples > 0:
             for split, source in (("val", self.valid_data), ("test", self.test_data)):
-                mc = evaluate_mc(self.model, source, e.bptt, e.mc_samples, e.mc_replicas_per_pass)
+                mc = evaluate_mc(
+                    self.model,
+                    source,
+                    e.bptt,
+                    e.mc_samples,
+                    e.mc_replicas_per_pass,
+                    hold_masks=e.mc_mask_draw is MaskDraw.stream,
+                    embedding_dropout=e.mc_embedding_dropout,
+                )
                 results[f"{split}_ppl_mc"] = mc.perplexity
         return results
 
@@ -588,7 +625,12 @@ class Trainer:
             "best_val_ppl": None if math.isinf(self.best_val_ppl) else self.best_val_ppl,
             "best_epoch": self.best_epoch,
             "test_ppl": final.get("test_ppl"),
+            "test_weights": run.eval.test_weights.value,
+            "test_ppl_best": final.get("test_ppl_best"),
+            "test_ppl_final": final.get("test_ppl_final"),
+            "last_val_ppl": None if math.isnan(self.last_val_ppl) else self.last_val_ppl,
             "mc_samples": run.eval.mc_samples,
+            "mc_mask_draw": run.eval.mc_mask_draw.value,
             "val_ppl_mc": final.get("val_ppl_mc"),
             "test_ppl_mc": final.get("test_ppl_mc"),
             "lstm_path": self.model.lstm_path,
@@ -599,6 +641,11 @@ class Trainer:
             "wall_time_s": self._elapsed(),
             "torch_version": torch.__version__,
             "device": str(self.device),
+            "device_name": device_name(self.device),
+            "cpu_model": cpu_model(),
+            "threads": torch.get_num_threads(),
+            "train_tokens": self.train_tokens,
+            "tokens_per_epoch": (self.train_data.size(0) - 1) * self.train_data.size(1),
             "git_commit": self.git_commit,
             "run_dir": str(self.run_dir),
             "config": as_plain_dict(run),

@@ -62,3 +62,60 @@ def test_replicas_get_independent_masks(make_config) -> None:
         model.set_mc_dropout(False)
         logits, _ = model(inputs, model.init_state(8))
         assert torch.equal(logits[:, :4], logits[:, 4:]), variant
+
+
+def _mc_logits(model, inputs, state):
+    with torch.no_grad():
+        return model(inputs, state)[0]
+
+
+@pytest.mark.parametrize("variant", ["gal", "gal_untied", "weight_drop", "zoneout"])
+def test_held_masks_are_reused_across_windows(make_config, variant: str) -> None:
+    """hold_masks: the second window sees the first window's time-constant masks."""
+    model, source = setup(make_config, variant)
+    model.eval()
+    inputs = source[:10].repeat(1, 2)
+    state = model.init_state(8)
+    model.set_mc_dropout(True, replicas=2, hold_masks=True)
+    first = _mc_logits(model, inputs, state)
+    second = _mc_logits(model, inputs, state)
+    model.set_mc_dropout(True, replicas=2, hold_masks=True)  # a new sample: new masks
+    third = _mc_logits(model, inputs, state)
+    model.set_mc_dropout(True, replicas=2)
+    fourth, fifth = _mc_logits(model, inputs, state), _mc_logits(model, inputs, state)
+    model.set_mc_dropout(False)
+    assert not torch.allclose(first[:, :4], first[:, 4:]), "replicas must stay independent"
+    assert not torch.allclose(first, third)
+    assert not torch.allclose(fourth, fifth)
+    if variant == "zoneout":  # per-step masks are never held
+        assert not torch.allclose(first, second)
+    else:
+        assert torch.equal(first, second)
+
+
+def test_stream_draw_equals_one_window_over_the_whole_split(make_config) -> None:
+    """With masks held, cutting the stream into windows changes nothing: the sample is
+    one draw of the weights run over the whole split (Gal's run_MC_test)."""
+    model, source = setup(make_config, "gal_untied")
+    model.reset_parameters(1.0)
+    torch.manual_seed(3)
+    whole = evaluate_mc(model, source, bptt=source.size(0), samples=5, hold_masks=True)
+    torch.manual_seed(3)
+    windows = evaluate_mc(model, source, bptt=7, samples=5, hold_masks=True)
+    assert windows.perplexity == pytest.approx(whole.perplexity, rel=1e-5)
+    torch.manual_seed(3)
+    redrawn = evaluate_mc(model, source, bptt=7, samples=5)
+    assert redrawn.perplexity != pytest.approx(whole.perplexity, rel=1e-3)
+
+
+def test_word_type_mask_can_be_turned_off_in_mc(make_config) -> None:
+    run = make_config("variant=none", "variant.p_embedding=0.5")
+    torch.manual_seed(0)
+    model = LanguageModel(30, run.model, run.variant)
+    model.reset_parameters(1.0)  # confident, mask-sensitive predictions
+    source = batchify(torch.randint(0, 30, (400,), generator=torch.Generator().manual_seed(1)), 4)
+    standard = evaluate(model, source, bptt=8)
+    off = evaluate_mc(model, source, bptt=8, samples=3, embedding_dropout=False)
+    on = evaluate_mc(model, source, bptt=8, samples=3)
+    assert off.perplexity == pytest.approx(standard.perplexity, rel=1e-5)
+    assert on.perplexity != pytest.approx(standard.perplexity, rel=1e-3)

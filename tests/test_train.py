@@ -264,3 +264,28 @@ def test_device_selection() -> None:
     if not torch.cuda.is_available():
         with pytest.raises(RnnregError, match="trainer.device=auto"):
             select_device(Device.cuda)
+
+
+@pytest.mark.parametrize("weights", ["best", "final"])
+def test_test_perplexity_of_final_and_best_weights(make_config, tmp_path: Path, weights):
+    """Both test perplexities are recorded; ``test_ppl`` is the one eval.test_weights names,
+    each computed from the weights it claims (last.pt after the last epoch, best.pt)."""
+    from rnnreg.evaluate import evaluate
+    from rnnreg.model import LanguageModel
+
+    # lr 20 overshoots after the first epochs: the best epoch is not the last
+    run = make_config(
+        "variant=zaremba", "trainer.epochs=4", "optim.lr=20", f"eval.test_weights={weights}"
+    )
+    trainer = Trainer(run, tmp_path / "run")
+    summary = trainer.fit()
+    assert summary["test_weights"] == weights
+    assert summary["best_epoch"] < 4 and summary["test_ppl_best"] != summary["test_ppl_final"]
+    assert summary["test_ppl"] == summary[f"test_ppl_{weights}"]
+    rows = read_csv(tmp_path / "run" / "metrics.csv")
+    assert summary["last_val_ppl"] == pytest.approx(float(rows[-1]["val_ppl"]), rel=1e-4)
+    model = LanguageModel(trainer.corpus.vocab_size, run.model, run.variant)
+    for name, key in (("last.pt", "test_ppl_final"), ("best.pt", "test_ppl_best")):
+        model.load_state_dict(load_checkpoint(tmp_path / "run" / "checkpoints" / name)["model"])
+        expected = evaluate(model, trainer.test_data, run.eval.bptt).perplexity
+        assert summary[key] == pytest.approx(expected, rel=1e-6), key

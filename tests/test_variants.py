@@ -96,3 +96,33 @@ class TestEmbeddingDropout:
         first, second = out[0, :1000] == 0, out[0, 1000:] == 0
         assert not torch.equal(first, second)
         assert 0.4 < first.float().mean().item() < 0.6
+
+    def test_sequence_granularity_ties_repeats_within_a_row_only(self) -> None:
+        """Gal's Lua form: a mask per batch row and window, tied over repeated words."""
+        torch.manual_seed(0)
+        embedding = torch.nn.Embedding(50, 4)
+        tokens = torch.tensor([[3, 3], [7, 3], [3, 7], [3, 3]])  # (T=4, B=2)
+        mask = torch.ones(2, 50)
+        mask[0, 3] = 0.0  # word 3 dropped in row 0 only
+        out = embed_with_type_dropout(
+            embedding, tokens, 0.5, training=True, granularity="sequence", mask=mask
+        )
+        assert torch.all(out[:, 0][tokens[:, 0] == 3] == 0)
+        torch.testing.assert_close(out[:, 1], embedding(tokens[:, 1]))
+        # drawn: every occurrence in a row shares its fate; rows are independent
+        tokens = torch.full((30, 400), 5)
+        out = embed_with_type_dropout(
+            embedding, tokens, 0.5, training=True, granularity="sequence"
+        )[..., 0]
+        dropped = out == 0
+        assert torch.equal(dropped, dropped[:1].expand_as(dropped))
+        assert 0.4 < dropped[0].float().mean().item() < 0.6
+
+    def test_step_granularity_does_not_tie_repeats(self) -> None:
+        torch.manual_seed(0)
+        embedding = torch.nn.Embedding(50, 4)
+        tokens = torch.full((400, 2), 5)
+        out = embed_with_type_dropout(embedding, tokens, 0.5, training=True, granularity="step")
+        dropped = out[..., 0] == 0
+        assert 0.4 < dropped.float().mean().item() < 0.6
+        assert not torch.equal(dropped, dropped[:1].expand_as(dropped))

@@ -5,7 +5,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from rnnreg.regularizers.masks import Granularity, apply_mask
+from rnnreg.regularizers.masks import (
+    Granularity,
+    HeldMasks,
+    apply_mask,
+    draw_activation_mask,
+    held_or_drawn,
+)
 
 
 class ActivationDropout(nn.Module):
@@ -27,8 +33,27 @@ class ActivationDropout(nn.Module):
         self.mc_dropout = False
         #: Independent copies in the batch (MC dropout): ``batch`` masks per copy.
         self.replicas = 1
+        #: Time-constant masks kept across forward passes (MC dropout, one draw per pass).
+        self.held: HeldMasks | None = None
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        if (self.training or self.mc_dropout) and mask is None and self.held is not None:
+            if self.p == 0.0:
+                return x
+            mask = held_or_drawn(
+                self.held,
+                "activation",
+                self.granularity,
+                lambda: draw_activation_mask(
+                    x.shape,
+                    self.p,
+                    self.granularity,
+                    replicas=self.replicas,
+                    scale=self.scale,
+                    device=x.device,
+                    dtype=x.dtype,
+                ),
+            )
         if self.training or self.mc_dropout:
             return apply_mask(
                 x, self.p, self.granularity, scale=self.scale, replicas=self.replicas, mask=mask

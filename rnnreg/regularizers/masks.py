@@ -8,7 +8,7 @@ scaling the kept entries are ``1/(1-p)`` so that nothing changes at evaluation t
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from enum import Enum
 
 import torch
@@ -141,3 +141,42 @@ def apply_mask(
             x.shape, p, granularity, replicas=replicas, scale=scale, device=x.device, dtype=x.dtype
         )
     return x * mask
+
+
+class HeldMasks:
+    """Masks drawn once and reused by every later forward pass (one MC-dropout sample).
+
+    Gal's MC evaluation (``run_MC_test`` of ``main_new_dropout_SOTA_v3_fix.lua``) draws
+    one set of masks per sample and runs it over the whole test stream: one draw of the
+    weights from the approximate posterior. A module holding a ``HeldMasks`` asks it for
+    each time-constant mask (granularity ``sequence`` or ``batch``, weight masks) by
+    name; the first request draws it, the later ones get the same tensor. ``step`` masks
+    are never held: a fresh mask per step is already one draw over the stream.
+    """
+
+    def __init__(self) -> None:
+        self._masks: dict[str, torch.Tensor | None] = {}
+        self._children: dict[int, HeldMasks] = {}
+
+    def get(self, name: str, draw: Callable[[], torch.Tensor | None]) -> torch.Tensor | None:
+        """The mask held as ``name``, drawn by ``draw()`` on the first request."""
+        if name not in self._masks:
+            self._masks[name] = draw()
+        return self._masks[name]
+
+    def child(self, index: int) -> HeldMasks:
+        """The holder of replica ``index`` (layers that run each replica on its own)."""
+        return self._children.setdefault(index, HeldMasks())
+
+
+def held_or_drawn(
+    held: HeldMasks | None,
+    name: str,
+    granularity: Granularity | None,
+    draw: Callable[[], torch.Tensor | None],
+) -> torch.Tensor | None:
+    """``draw()``, or the held mask ``name`` when ``held`` is given and the mask is
+    time-constant (``granularity`` is not ``step``; None for weight masks)."""
+    if held is None or granularity is Granularity.step:
+        return draw()
+    return held.get(name, draw)

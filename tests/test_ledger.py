@@ -1,0 +1,81 @@
+"""The results ledger: entries from run directories, the generated table and verdicts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from rnnreg.ledger import difference, entry_from_run, record, verdict, write_table
+
+
+def fake_run(root: Path, status: str, val: float, test: float | None, epochs: int) -> Path:
+    run_dir = root / f"zaremba_medium_{status}"
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / ".hydra" / "overrides.yaml").write_text(
+        "- experiment=zaremba_medium\n- trainer.threads=1\n- hydra.run.dir=/x\n"
+    )
+    rows = ["epoch,step,lr,train_ppl,val_ppl,tokens_per_s,elapsed_s,averaged,asgd_switch_epoch"]
+    for epoch in range(1, epochs + 1):
+        rows.append(f"{epoch},{epoch * 10},1,100,{val + epochs - epoch},1500,{3600 * epoch},0,")
+    (run_dir / "metrics.csv").write_text("\n".join(rows) + "\n")
+    summary = {
+        "status": status,
+        "dataset": "ptb",
+        "model": "medium",
+        "variant": "zaremba",
+        "seed": 1,
+        "epochs": epochs,
+        "epochs_planned": 39,
+        "best_val_ppl": val,
+        "best_epoch": epochs,
+        "test_weights": "final",
+        "test_ppl": test,
+        "test_ppl_final": test,
+        "test_ppl_best": None if test is None else test + 0.5,
+        "mc_samples": 0,
+        "tokens_per_s": 1514.0,
+        "wall_time_s": 3600.0 * epochs,
+        "device_name": "cpu",
+        "cpu_model": "AMD EPYC",
+        "torch_version": "2.13.0",
+    }
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+    return run_dir
+
+
+def test_verdicts_and_differences() -> None:
+    assert difference(88.0, 86.2) == 100 * (88.0 - 86.2) / 86.2
+    assert verdict([1.9, -1.0], "high", None) == "within 2%"
+    assert verdict([2.1, 0.0], "high", None) == "outside 2%: cause not yet found"
+    assert verdict([2.9, 0.0], "low", None) == "within 3%"
+    assert verdict([5.0, None], "high", "schedule") == "outside 2%: schedule"
+    assert verdict([None, None], "", None) == "no published number"
+
+
+def test_record_and_table(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    done = fake_run(tmp_path, "completed", 86.5, 82.9, 39)
+    far = fake_run(tmp_path / "b", "completed", 95.0, 90.0, 39)
+    partial = fake_run(tmp_path, "running", 120.0, None, 3)
+    record(done, "zaremba_medium_s1", results=results)
+    record(far, "zaremba_medium_far", note="the lr schedule differs", results=results)
+    record(partial, "zaremba_medium_partial", results=results)
+    record(far, "zaremba_medium_far", results=results)  # refresh keeps the note
+    entry = json.loads((results / "runs" / "zaremba_medium_far.json").read_text())
+    assert entry["note"] == "the lr schedule differs"
+    assert entry["command"] == "python -m rnnreg.train experiment=zaremba_medium"
+
+    partial_entry = entry_from_run(partial)
+    assert partial_entry["status"] == "partial" and partial_entry["test_ppl"] is None
+    assert partial_entry["epochs"] == 3 and partial_entry["last_val_ppl"] == 120.0
+    assert partial_entry["projected_remaining_s"] == 36 * 3600
+
+    text = write_table(results).read_text()
+    finished, in_progress = text.split("## In progress")
+    row = next(line for line in finished.splitlines() if "zaremba_medium_s1" in line)
+    assert "86.2 / 82.7 Zaremba2014" in row and "+0.3% / +0.2%" in row
+    assert "within 2%" in row and "final; best-val 83.40, final 82.90" in row
+    far_row = next(line for line in finished.splitlines() if "zaremba_medium_far" in line)
+    assert "outside 2%: the lr schedule differs" in far_row
+    assert "zaremba_medium_partial" not in finished
+    assert "3 / 39" in in_progress and "36.0 h at the rate so far" in in_progress
