@@ -10,6 +10,7 @@ is cached, keyed by the content hash of the files.
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import os
 import random
@@ -24,6 +25,7 @@ import torch
 
 from rnnreg import RnnregError
 from rnnreg.config import DatasetConfig
+from rnnreg.files import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -103,10 +105,9 @@ def _files_hash(paths: dict[str, Path]) -> str:
 
 
 def _atomic_torch_save(obj: object, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def _load_cached(path: Path) -> Corpus | None:
@@ -228,17 +229,11 @@ def fetch_from_hub(cfg: DatasetConfig, paths: dict[str, Path]) -> None:
     for split, hf_split in zip(SPLITS, cfg.hf_splits, strict=True):
         rows = loaded[hf_split][cfg.hf_column]
         target = paths[split]
+        text = "".join(row.rstrip("\n") + "\n" for row in rows)
         try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(f".{target.name}.tmp")
-            with open(tmp, "w", encoding="utf-8") as handle:
-                for row in rows:
-                    handle.write(row.rstrip("\n") + "\n")
-            os.replace(tmp, target)
-        except OSError as exc:
-            raise RnnregError(
-                f"cannot write {target} ({exc.strerror}); set dataset.data_dir to a writable folder"
-            ) from exc
+            atomic_write_bytes(target, text.encode("utf-8"))
+        except RnnregError as exc:
+            raise RnnregError(f"{exc}; or set dataset.data_dir to a writable folder") from exc
     log.info("downloaded %s from the hub into %s", cfg.name, paths["train"].parent)
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from rnnreg import PROJECT_ROOT, RnnregError
-from rnnreg.records import atomic_write_bytes
+from rnnreg.files import atomic_write_bytes
 from rnnreg.report import Run, load_published, published_for
 
 RESULTS = PROJECT_ROOT / "results"

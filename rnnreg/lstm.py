@@ -169,7 +169,6 @@ class LSTMLayer(nn.Module):
         #: Training runs the recurrence with its hand-written backward (eager until
         #: :meth:`compile_loop`); evaluation runs :func:`recurrence` without a graph.
         self._trained = Recurrence()
-        self._compiled = False
 
     def compile_loop(self, **options: Any) -> None:
         """Train the loop's recurrence under ``torch.compile`` (no effect on the fused path).
@@ -178,8 +177,13 @@ class LSTMLayer(nn.Module):
         other batch sizes and window lengths cause no recompilation.
         """
         if self.path is LSTMPath.loop:
-            self._trained = Recurrence(options)
-            self._compiled = True
+            key = (self.dropout, self.input_size, self.hidden_size)
+            self._trained = Recurrence(options, key=key)
+
+    @property
+    def loop_mode(self) -> str | None:
+        """How the loop path trains: ``compiled`` or ``eager``; None on the fused path."""
+        return self._trained.mode if self.path is LSTMPath.loop else None
 
     @property
     def stochastic(self) -> bool:
@@ -267,6 +271,8 @@ class LSTMLayer(nn.Module):
             masks.weight_hh = held_or_drawn(
                 self.held, "weight_hh", None, lambda: self._draw_weight_mask(device, dtype)
             )
+        elif d.hidden_on_weight and not d.scale:  # E[U ∘ M] = (1 - p) U for unscaled columns
+            masks.weight_hh = torch.full((1, 1), 1.0 - d.p_hidden, device=device, dtype=dtype)
         return masks
 
     def _draw_weight_mask(self, device: torch.device, dtype: torch.dtype) -> torch.Tensor | None:

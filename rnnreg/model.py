@@ -103,6 +103,15 @@ class LanguageModel(nn.Module):
         paths = {layer.path.value for layer in self.layers}
         return paths.pop() if len(paths) == 1 else "mixed"
 
+    @property
+    def loop_mode(self) -> str | None:
+        """``compiled`` / ``eager`` for the loop path's training (``mixed`` when layers
+        differ: one fell back to eager); None on the fused path."""
+        modes = {layer.loop_mode for layer in self.layers} - {None}
+        if not modes:
+            return None
+        return modes.pop() if len(modes) == 1 else "mixed"
+
     def reset_parameters(self, init_range: float, scheme: InitScheme = InitScheme.uniform) -> None:
         """Initialise as the papers do (see :class:`InitScheme`)."""
         with torch.no_grad():

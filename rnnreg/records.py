@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from typing import Any
 import torch
 
 from rnnreg import PROJECT_ROOT, RnnregError
+from rnnreg.files import atomic_write_bytes
 
 METRICS_COLUMNS = (
     "epoch",
@@ -31,22 +31,18 @@ METRICS_COLUMNS = (
 )
 
 
-def atomic_write_bytes(path: Path, payload: bytes) -> None:
-    """Write ``payload`` to ``path`` so that readers see the old file or the new one, whole."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as handle:
-        handle.write(payload)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+def previous_checkpoint(path: Path) -> Path:
+    """Where the copy before ``path`` is kept (``last.pt`` -> ``last.prev.pt``)."""
+    return path.with_name(f"{path.stem}.prev{path.suffix}")
 
 
-def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """``torch.save`` of plain state (state_dicts, tensors, numbers, the config), atomically."""
+def save_checkpoint(path: Path, state: dict[str, Any], keep_previous: bool = False) -> None:
+    """``torch.save`` of plain state (state_dicts, tensors, numbers, the config), atomically;
+    ``keep_previous`` keeps the checkpoint it replaces as :func:`previous_checkpoint`."""
     buffer = io.BytesIO()
     torch.save(state, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
+    previous = previous_checkpoint(path) if keep_previous else None
+    atomic_write_bytes(path, buffer.getvalue(), keep_previous=previous)
 
 
 def load_checkpoint(path: Path, map_location: torch.device | str = "cpu") -> dict[str, Any]:
@@ -89,13 +85,15 @@ class MetricsCsv:
         atomic_write_bytes(self.path, text.getvalue().encode())
 
     def append(self, row: dict[str, Any]) -> None:
-        new = not self.path.exists()
-        with open(self.path, "a", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=METRICS_COLUMNS)
-            if new:
-                writer.writeheader()
-            writer.writerow({key: row[key] for key in METRICS_COLUMNS})
-            handle.flush()
+        """Add a row; the file is rewritten atomically, so a full disk or a kill never
+        leaves half a row."""
+        old = self.path.read_text() if self.path.exists() else ""
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=METRICS_COLUMNS)
+        if not old:
+            writer.writeheader()
+        writer.writerow({key: row[key] for key in METRICS_COLUMNS})
+        atomic_write_bytes(self.path, (old + text.getvalue()).encode())
 
 
 class TensorBoard:

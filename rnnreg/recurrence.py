@@ -27,10 +27,15 @@ Masks (:class:`InStepMasks`) are constants (no gradient). gx is (T, B, 4H), or g
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
+import types
+from collections.abc import Callable, Hashable
 from typing import Any, NamedTuple
 
 import torch
+import torch._dynamo
+
+log = logging.getLogger(__name__)
 
 Mask = torch.Tensor | None
 
@@ -267,8 +272,8 @@ class _RecurrenceFunction(torch.autograd.Function):
         *masks_and_flag: Any,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         *masks, memory_carried = masks_and_flag  # flat, so that autograd sees every tensor
-        outputs, h, c, gates, c_prev, tau = impl.forward_fn(
-            gx, h0, c0, weight_hh, InStepMasks(*masks), memory_carried
+        outputs, h, c, gates, c_prev, tau = impl._run(
+            "forward", gx, h0, c0, weight_hh, InStepMasks(*masks), memory_carried
         )
         ctx.impl = impl
         ctx.memory_carried = memory_carried
@@ -281,7 +286,8 @@ class _RecurrenceFunction(torch.autograd.Function):
         ctx: Any, d_outputs: torch.Tensor, d_h: torch.Tensor, d_c: torch.Tensor
     ) -> tuple[Any, ...]:
         h0, outputs, gates, c_prev, tau, weight_hh, *masks = ctx.saved_tensors
-        d_gx, d_h0, d_c0, d_weight = ctx.impl.backward_fn(
+        d_gx, d_h0, d_c0, d_weight = ctx.impl._run(
+            "backward",
             d_outputs.contiguous(),
             d_h,
             d_c,
@@ -297,19 +303,67 @@ class _RecurrenceFunction(torch.autograd.Function):
         return (None, d_gx, d_h0, d_c0, d_weight, *([None] * (ctx.mask_count + 1)))
 
 
+def _own_copy(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` with a code object of its own.
+
+    ``torch.compile`` keeps its compiled graphs, and their recompile limit (8), per code
+    object: every layer compiling the same module-level function shares one cache, and
+    a process holding many configurations (a benchmark of every variant) would hit the
+    limit and run eagerly. A copy per configuration gives each its own cache.
+    """
+    return types.FunctionType(
+        fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__
+    )
+
+
+#: Compiled (forward, backward) per configuration key, shared by the layers that match it.
+_COMPILED: dict[Hashable, tuple[Callable[..., Any], Callable[..., Any]]] = {}
+
+
 class Recurrence:
     """:func:`recurrence` with the hand-written backward of :func:`backward_through_time`.
 
     ``compile_options`` (a dict, possibly empty) compiles the forward and the backward
-    with ``torch.compile``; ``None`` runs them eagerly.
+    with ``torch.compile``; ``None`` runs them eagerly. Layers giving the same ``key``
+    (their configuration) share one compiled pair; each key has its own compile cache.
+    If compilation gives up (the recompile limit is hit), the recurrence logs a warning
+    and runs eagerly from then on: :attr:`mode` says ``eager`` instead of ``compiled``.
     """
 
-    def __init__(self, compile_options: dict[str, Any] | None = None) -> None:
+    def __init__(self, compile_options: dict[str, Any] | None = None, key: Hashable = None) -> None:
         self.forward_fn: Callable[..., tuple[torch.Tensor, ...]] = forward_saving
         self.backward_fn: Callable[..., tuple[torch.Tensor, ...]] = backward_through_time
+        self.compiled = compile_options is not None
         if compile_options is not None:
-            self.forward_fn = torch.compile(forward_saving, **compile_options)
-            self.backward_fn = torch.compile(backward_through_time, **compile_options)
+            cache_key = (key, tuple(sorted(compile_options.items())))
+            if cache_key not in _COMPILED:
+                _COMPILED[cache_key] = (
+                    torch.compile(_own_copy(forward_saving), **compile_options),
+                    torch.compile(_own_copy(backward_through_time), **compile_options),
+                )
+            self.forward_fn, self.backward_fn = _COMPILED[cache_key]
+
+    @property
+    def mode(self) -> str:
+        """``compiled`` or ``eager`` (never compiled, or fell back)."""
+        return "compiled" if self.compiled else "eager"
+
+    def _run(self, which: str, *args: Any) -> tuple[torch.Tensor, ...]:
+        fn = self.forward_fn if which == "forward" else self.backward_fn
+        if not self.compiled:
+            return fn(*args)
+        try:
+            with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):
+                return fn(*args)
+        except torch._dynamo.exc.FailOnRecompileLimitHit:
+            log.warning(
+                "torch.compile hit its recompile limit for this LSTM layer's %s; the loop "
+                "path now runs eagerly (slower; summary field loop_mode=eager)",
+                which,
+            )
+            self.compiled = False
+            self.forward_fn, self.backward_fn = forward_saving, backward_through_time
+            return self._run(which, *args)
 
     def __call__(
         self,

@@ -21,10 +21,11 @@ from hydra.errors import HydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from rnnreg import RnnregError, RunInUse
+from rnnreg import PROJECT_ROOT, RnnregError, RunInUse
 from rnnreg.config import CONF_DIR, GROUPS, RunConfig, group_options, register, to_run_config
 
 log = logging.getLogger("rnnreg")
+OUTPUTS = PROJECT_ROOT / "outputs"  # conf/config.yaml's default root (or $RNNREG_OUTPUTS)
 
 register()
 
@@ -93,6 +94,28 @@ def check_composes(argv: list[str]) -> None:
     to_run_config(cfg)
 
 
+def check_output_dir(argv: list[str]) -> None:
+    """Fail with one line when the run (or sweep) directory cannot be written.
+
+    Hydra creates the directory and writes its ``.hydra/`` files before rnnreg runs, with
+    a traceback if it cannot; this probe says the same in one line first. The folder
+    checked is ``hydra.run.dir`` / ``hydra.sweep.dir`` when given, else the outputs root.
+    """
+    key = "hydra.sweep.dir=" if any(a in ("-m", "--multirun") for a in argv) else "hydra.run.dir="
+    given = [arg.split("=", 1)[1] for arg in argv if arg.startswith(key)]
+    folder = Path(given[-1]) if given else Path(os.environ.get("RNNREG_OUTPUTS", OUTPUTS))
+    probe = folder / f".rnnreg-write-probe-{os.getpid()}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise RnnregError(
+            f"cannot write the output folder {folder} ({exc.strerror or exc}); choose a "
+            f"writable {key.rstrip('=')}=<dir> or free disk space"
+        ) from None
+
+
 def threads_per_job(launcher: Any) -> int:
     """Torch threads for one job so that parallel jobs x threads <= cores (0: torch's default).
 
@@ -142,6 +165,7 @@ def cli() -> None:
     try:
         check_group_choices(sys.argv[1:])
         check_composes(sys.argv[1:])
+        check_output_dir(sys.argv[1:])
     except RnnregError as exc:
         print(f"rnnreg: error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -34,7 +34,14 @@ from rnnreg.config import (
     TestWeights,
     as_plain_dict,
 )
-from rnnreg.data import Corpus, batchify, load_corpus, variable_bptt_length, window_at
+from rnnreg.data import (
+    Corpus,
+    batchify,
+    load_corpus,
+    num_windows,
+    variable_bptt_length,
+    window_at,
+)
 from rnnreg.evaluate import evaluate, evaluate_mc
 from rnnreg.model import Activations, LanguageModel, State, count_parameters, detach_state
 from rnnreg.optim import NonMonotoneAveraging, build_optimizer
@@ -43,6 +50,7 @@ from rnnreg.records import (
     TensorBoard,
     git_commit,
     load_checkpoint,
+    previous_checkpoint,
     save_checkpoint,
     write_summary,
 )
@@ -57,6 +65,7 @@ from rnnreg.runtime import (
     select_device,
     set_rng_state,
 )
+from rnnreg.testhooks import inject_nan, pause_point
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +83,53 @@ EXECUTION_SETTINGS = (
     "log_every_steps",
     "checkpoint_every_s",
 )
+
+
+#: Settings a resumed run may change: they extend the run or say how it runs or is
+#: evaluated afterwards, not what its checkpoint already holds (everything else must
+#: match the checkpoint's config: model, variant, optimizer, dataset, seed, batches).
+RESUMABLE_CHANGES = (
+    *(f"trainer.{name}" for name in (*EXECUTION_SETTINGS, "epochs", "max_steps")),
+    "model.compile",
+    "model.lstm_impl",
+    "dataset.data_dir",
+    "dataset.cache_dir",
+    *(
+        f"eval.{name}"
+        for name in (
+            "test_batch_size",
+            "bptt",
+            "mc_samples",
+            "mc_replicas_per_pass",
+            "mc_mask_draw",
+            "mc_embedding_dropout",
+            "test_weights",
+        )
+    ),
+)
+
+
+def _flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def changed_settings(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """The dotted keys whose values differ between a checkpoint's config and this run's,
+    leaving out :data:`RESUMABLE_CHANGES` and keys only one side knows (a setting added
+    to the schema since the checkpoint was written keeps its old behaviour by default)."""
+    old, new = _flatten(saved), _flatten(current)
+    return sorted(
+        key
+        for key in old.keys() & new.keys()
+        if key not in RESUMABLE_CHANGES and old[key] != new[key]
+    )
 
 
 def _outcome_settings(config: Any) -> Any:
@@ -172,16 +228,45 @@ class Trainer:
         }
 
     def save(self) -> None:
-        save_checkpoint(self.ckpt_dir / LAST, self._checkpoint_state())
+        """``last.pt``, keeping the one it replaces as ``last.prev.pt``."""
+        save_checkpoint(self.ckpt_dir / LAST, self._checkpoint_state(), keep_previous=True)
 
-    def restore(self) -> None:
-        path = self.ckpt_dir / LAST
-        if not path.exists():
+    def _checkpoints(self) -> list[Path]:
+        """The resumable checkpoints, newest first: ``last.pt``, then ``last.prev.pt``."""
+        last = self.ckpt_dir / LAST
+        return [path for path in (last, previous_checkpoint(last)) if path.is_file()]
+
+    def _load_newest_good(self) -> tuple[Path, dict[str, Any]]:
+        """The newest checkpoint that loads; one logged line for each one passed over."""
+        candidates = self._checkpoints()
+        if not candidates:
             raise RnnregError(
                 f"trainer.resume=true but {self.run_dir} has no checkpoint; pass the run's "
                 "directory as hydra.run.dir=<dir>, or drop trainer.resume to start anew"
             )
-        ckpt = load_checkpoint(path, map_location=self.device)
+        failures = []
+        for path in candidates:
+            try:
+                return path, load_checkpoint(path, map_location=self.device)
+            except RnnregError as exc:
+                failures.append(path)
+                if path is not candidates[-1]:
+                    log.warning("%s; resuming from the previous checkpoint instead", exc)
+        raise RnnregError(
+            f"no readable checkpoint: {' and '.join(str(p) for p in failures)} "
+            f"{'is' if len(failures) == 1 else 'are'} unreadable (corrupt or truncated); "
+            "delete the run directory to start over"
+        )
+
+    def restore(self) -> None:
+        path, ckpt = self._load_newest_good()
+        changed = changed_settings(ckpt.get("config", {}), as_plain_dict(self.run))
+        if changed:
+            raise RnnregError(
+                f"cannot resume {self.run_dir}: these settings differ from its checkpoint: "
+                f"{', '.join(changed)}; resume with the run's own config (see its "
+                ".hydra/overrides.yaml) or start a new run directory"
+            )
         try:
             self.model.load_state_dict(ckpt["model"])
             self.optimizer.load_state_dict(ckpt["optimizer"])
@@ -222,6 +307,11 @@ class Trainer:
 
     # --- the loop -----------------------------------------------------------------------
 
+    @property
+    def windows_per_epoch(self) -> int:
+        """BPTT windows in an epoch of fixed-length windows (the progress bar's total)."""
+        return num_windows(self.train_data, self.run.trainer.bptt)
+
     def _lr(self) -> float:
         return self.optimizer.param_groups[0]["lr"]
 
@@ -243,6 +333,8 @@ class Trainer:
         logits, state = self.model(inputs, self.state, activations)
         self.state = detach_state(state)
         nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1))
+        if inject_nan(run.seed, self.step + 1):
+            nll = nll * math.nan
         loss = nll * inputs.size(0) if run.optim.loss_sum_over_time else nll
         if activations is not None:
             assert activations.last is not None and activations.last_dropped is not None
@@ -253,6 +345,7 @@ class Trainer:
             self.penalty_sum += torch.stack([ar, tar]).detach()  # no sync: read when logged
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        pause_point("step")  # inside a step: gradients computed, weights not yet updated
         max_norm = run.optim.clip_grad_norm or math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
         value = nll.item()
@@ -382,6 +475,7 @@ class Trainer:
         averaged = self.averaging.active
         evaluated = self.averaging.eval_model(self.model)
         val = evaluate(evaluated, self.valid_data, self.run.eval.bptt)
+        pause_point("validation")  # validated, nothing of the epoch's end recorded yet
         train_ppl = math.exp(self.epoch_nll / max(self.epoch_tokens, 1))
         rate = self.epoch_tokens / max(self.epoch_seconds, 1e-9)
         lr = self._lr()
@@ -472,6 +566,7 @@ class Trainer:
         e = self.run.eval
         final_model = self.averaging.eval_model(self.model)
         results = {"test_ppl_final": evaluate(final_model, self.test_data, e.bptt).perplexity}
+        pause_point("test")  # in the final evaluation
         final_weights = {k: v.detach().clone() for k, v in final_model.state_dict().items()}
         best = self.ckpt_dir / BEST
         if best.exists():
@@ -511,9 +606,9 @@ class Trainer:
         if done is not None:
             log.info("%s already completed with this configuration; nothing to do", self.run_dir)
             return done
-        if t.resume or (t.auto_resume and (self.ckpt_dir / LAST).exists()):
+        if t.resume or (t.auto_resume and self._checkpoints()):
             self.restore()
-        elif (self.ckpt_dir / LAST).exists():
+        elif self._checkpoints():
             raise RnnregError(
                 f"{self.run_dir} already holds a run; add trainer.resume=true to continue it, "
                 "or choose another hydra.run.dir"
@@ -634,6 +729,7 @@ class Trainer:
             "val_ppl_mc": final.get("val_ppl_mc"),
             "test_ppl_mc": final.get("test_ppl_mc"),
             "lstm_path": self.model.lstm_path,
+            "loop_mode": self.model.loop_mode,
             "stage": run.trainer.stage.value,
             "init_from": run.trainer.init_from,
             "asgd_switch_epoch": self.averaging.switch_epoch,

@@ -80,12 +80,14 @@ def bench_model(model_name: str, variants: list[str], args: argparse.Namespace) 
         f"\nmodel={model_name} (batch {batch}, bptt {bptt}, {torch.get_num_threads()} threads, "
         f"{args.rounds} rounds x {args.steps} steps, compile={args.compile})"
     )
-    print(f"{'variant':<14}{'path':<8}{'tokens/s':>10}{'ratio':>8}   spread")
+    print(f"{'variant':<14}{'path':<13}{'tokens/s':>10}{'ratio':>8}   spread")
     for v in variants:
         median = statistics.median(rates[v])
-        path = built[v][1].lstm_path
+        model = built[v][1]
+        # what actually ran: a loop that fell back to eager says so (rnnreg/recurrence.py)
+        path = model.lstm_path + (f"-{model.loop_mode}" if model.loop_mode else "")
         spread = f"{min(rates[v]):.0f}-{max(rates[v]):.0f}"
-        print(f"{v:<14}{path:<8}{median:>10.0f}{median / base:>8.2f}   {spread}")
+        print(f"{v:<14}{path:<13}{median:>10.0f}{median / base:>8.2f}   {spread}")
     sys.stdout.flush()
 
 
@@ -106,12 +108,6 @@ def main() -> None:
     args = parser.parse_args()
     register()
     tune_malloc()
-    if args.compile:
-        # Every variant's loop compiles the same forward and backward with other masks: more
-        # specialisations than dynamo keeps per function by default (8) in one process.
-        import torch._dynamo
-
-        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
     if args.threads:
         torch.set_num_threads(args.threads)
     variants = args.variants or group_options("variant")

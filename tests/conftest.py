@@ -21,9 +21,12 @@ REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = Path(os.environ.get("RNNREG_DATA_DIR") or REPO.parent / "shared" / "data").resolve()
 
 register()
-# One intra-op thread: the tiny models here gain nothing from two, and a second process
-# (a training run beside the tests) would otherwise make OpenMP threads wait on each other.
-torch.set_num_threads(1)
+# One intra-op thread by default: the tiny models here gain nothing from two, and a second
+# process (a training run beside the tests) would otherwise make OpenMP threads wait on each
+# other. RNNREG_TEST_THREADS=2 (or OMP_NUM_THREADS=2) runs the suite with the other kernels'
+# blocking; make test does both, since results may differ in the last bit between the two.
+TEST_THREADS = int(os.environ.get("RNNREG_TEST_THREADS") or os.environ.get("OMP_NUM_THREADS") or 1)
+torch.set_num_threads(TEST_THREADS)
 
 
 def write_tiny_corpus(root: Path, name: str = "ptb", seed: int = 0) -> Path:
@@ -77,7 +80,7 @@ def make_config(tmp_path: Path, tiny_data: Path) -> Callable[..., RunConfig]:
             "eval.batch_size=4",
             "eval.bptt=8",
             "trainer.progress=log",
-            "trainer.threads=1",
+            f"trainer.threads={TEST_THREADS}",
         ]
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             cfg: DictConfig = compose("config", overrides=base + list(overrides))

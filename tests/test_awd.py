@@ -265,9 +265,9 @@ def test_ar_and_tar_are_logged(make_config, tmp_path: Path) -> None:
 def test_variable_bptt_trains_the_loop_eagerly(make_config, tmp_path: Path) -> None:
     """Each new window length would recompile the unrolled loop: no compilation then."""
     fixed = Trainer(make_config("variant=gal", "model.compile=true"), tmp_path / "a")
-    assert all(layer._compiled for layer in fixed.model.layers)
+    assert all(layer.loop_mode == "compiled" for layer in fixed.model.layers)
     variable = Trainer(
         make_config("variant=gal", "model.compile=true", "trainer.variable_bptt=true"),
         tmp_path / "b",
     )
-    assert not any(layer._compiled for layer in variable.model.layers)
+    assert all(layer.loop_mode == "eager" for layer in variable.model.layers)

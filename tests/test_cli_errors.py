@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # subprocesses: left out by make test-fast
+
 TINY = [
     "model.embedding_size=8",
     "model.hidden_size=8",

@@ -109,6 +109,20 @@ VARIANTS = {
     "weight_drop": {"p_weight": 0.5},
     "gal_batch_tied": {"p_hidden": 0.3, "hidden_granularity": Granularity.batch},
     "gal_batch_untied": {"p_hidden": 0.3, "hidden_granularity": Granularity.batch, "untied": True},
+    # unscaled masks: evaluation multiplies by E[z] = 1 - p instead
+    "gal_sequence_unscaled": {"p_hidden": 0.3, "scale": False},
+    "gal_batch_unscaled": {
+        "p_hidden": 0.3,
+        "hidden_granularity": Granularity.batch,
+        "scale": False,
+    },
+    "gal_batch_untied_unscaled": {
+        "p_hidden": 0.3,
+        "hidden_granularity": Granularity.batch,
+        "untied": True,
+        "scale": False,
+    },
+    "moon_unscaled": {"p_memory": 0.5, "scale": False},
     "composed": {
         "zoneout_cell": 0.25,
         "zoneout_hidden": 0.025,
@@ -149,6 +163,10 @@ def test_eval_is_deterministic_and_uses_mask_expectations(name: str) -> None:
         expected.zoneout_hidden = torch.full((1, 1, H), dropout["zoneout_hidden"], dtype=x.dtype)
     if dropout.get("update_scale") is False:
         expected.update = torch.full((1, 1, H), 1 - dropout["p_update"], dtype=x.dtype)
+    if dropout.get("scale") is False and dropout.get("p_hidden"):
+        expected.hidden = torch.full((1, 1, H), 1 - dropout["p_hidden"], dtype=x.dtype)
+    if dropout.get("scale") is False and dropout.get("p_memory"):
+        expected.memory = torch.full((1, 1, H), 1 - dropout["p_memory"], dtype=x.dtype)
     ref, _ = reference(
         layer, x, state, expected, memory_carried=dropout.get("memory_carried", False)
     )
@@ -329,3 +347,38 @@ def test_compiled_loop_computes_the_same_as_the_eager_loop() -> None:
     torch.testing.assert_close(out, ref, rtol=1e-6, atol=1e-6)
     out.sum().backward()
     assert layer.lstm.weight_hh_l0.grad is not None
+
+
+def test_each_configuration_compiles_into_its_own_cache() -> None:
+    """Twelve configurations in one process: none falls back to eager (the shared cache
+    of one module-level function would hit dynamo's recompile limit of 8)."""
+    import torch._dynamo
+
+    x, _ = inputs()
+    with torch._dynamo.config.patch(recompile_limit=8):
+        layers = []
+        for size in range(3, 15):  # each size: new shapes, a compile of its own
+            layer = LSTMLayer(N_IN, size, InStepDropout(p_hidden=0.3)).double().train()
+            layer.compile_loop(backend="eager", dynamic=False)
+            zero = torch.zeros(1, B, size, dtype=x.dtype)
+            layer(x, (zero, zero))[0].sum().backward()
+            layers.append(layer)
+    assert all(layer.loop_mode == "compiled" for layer in layers)
+
+
+def test_hitting_the_recompile_limit_falls_back_visibly(caplog) -> None:
+    import torch._dynamo
+
+    layer = make_layer(p_hidden=0.37).train()
+    layer.compile_loop(backend="eager", dynamic=False)
+    x, state = inputs()
+    with torch._dynamo.config.patch(recompile_limit=1), caplog.at_level("WARNING"):
+        layer(x, state)[0].sum().backward()
+        assert layer.loop_mode == "compiled"
+        shorter = x[:3]  # a new shape: a recompile, over the limit
+        masks = layer.draw_masks(3, B, x.device, x.dtype)
+        out, _ = layer(shorter, state, masks)
+    assert layer.loop_mode == "eager"
+    assert "recompile limit" in caplog.text
+    ref, _ = reference(layer, shorter, state, masks)
+    torch.testing.assert_close(out, ref, rtol=1e-6, atol=1e-6)

@@ -61,7 +61,9 @@ def test_replicas_get_independent_masks(make_config) -> None:
         assert not torch.allclose(logits[:, :4], logits[:, 4:]), variant
         model.set_mc_dropout(False)
         logits, _ = model(inputs, model.init_state(8))
-        assert torch.equal(logits[:, :4], logits[:, 4:]), variant
+        # Rows of one batched product: a kernel's blocking may round the two halves
+        # differently in the last bit (AVX2 EPYC), so equal up to rounding, not bitwise.
+        torch.testing.assert_close(logits[:, :4], logits[:, 4:], rtol=1e-5, atol=1e-6)
 
 
 def _mc_logits(model, inputs, state):

@@ -20,6 +20,8 @@ from rnnreg.trainer import Trainer
 from tests.conftest import at_step
 from tests.test_train import RESUME_SETTINGS, _outcome, train
 
+pytestmark = pytest.mark.slow  # subprocesses: left out by make test-fast
+
 TINY = [
     "model.embedding_size=16",
     "model.hidden_size=16",

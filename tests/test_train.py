@@ -28,6 +28,7 @@ def read_csv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
+@pytest.mark.slow
 def test_hydra_run_writes_tensorboard_csv_and_summary(tiny_data: Path, tmp_path: Path, python):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -289,3 +290,9 @@ def test_test_perplexity_of_final_and_best_weights(make_config, tmp_path: Path, 
         model.load_state_dict(load_checkpoint(tmp_path / "run" / "checkpoints" / name)["model"])
         expected = evaluate(model, trainer.test_data, run.eval.bptt).perplexity
         assert summary[key] == pytest.approx(expected, rel=1e-6), key
+
+
+def test_the_progress_bar_runs(make_config, tmp_path: Path) -> None:
+    """trainer.progress=bar (the default on a terminal) trains and shows a bar."""
+    summary = Trainer(make_config("trainer.max_steps=5", "trainer.progress=bar"), tmp_path).fit()
+    assert summary["status"] == "completed"
