@@ -19,8 +19,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from rnnreg import PROJECT_ROOT, RnnregError
-from rnnreg.lstm import LSTMPath
-from rnnreg.regularizers.masks import Granularity
+from rnnreg.dropout_settings import GateMasks, Granularity, LayerDropout, LSTMPath, is_rate
 
 
 class Device(str, Enum):
@@ -35,14 +34,6 @@ class Progress(str, Enum):
     auto = "auto"
     bar = "bar"
     log = "log"
-
-
-def _check_rate(owner: str, name: str, value: float) -> None:
-    if not 0.0 <= value < 1.0:
-        raise RnnregError(
-            f"{owner}.{name}={value} is not a probability in [0, 1); "
-            f"set it to a value such as 0.5 (0 disables it)"
-        )
 
 
 def _check_positive(owner: str, name: str, value: float, allow_zero: bool = False) -> None:
@@ -129,17 +120,12 @@ class ModelConfig:
         return self.last_hidden_size or self.hidden_size
 
 
-class GateMasks(str, Enum):
-    """Gal's z_x, z_h: one mask shared by the four gates, or one per gate."""
-
-    tied = "tied"
-    untied = "untied"
-
-
 @dataclass
-class VariantConfig:
-    """Which masks go where, at which rate and granularity (SPEC, "The variants").
+class VariantConfig(LayerDropout):
+    """Which masks go where, at which rate and granularity (docs/variants.md).
 
+    The in-layer settings (z_h, Moon, Semeniuta, zoneout, weight-drop) are inherited from
+    :class:`rnnreg.dropout_settings.LayerDropout`; these are the masks outside the layers.
     Rates are named by what they drop:
 
     - ``p_embedding``: word types (every occurrence of a dropped word), one mask over the
@@ -148,13 +134,8 @@ class VariantConfig:
     - ``p_input``: the embedding output entering layer 1; ``p_between``: each layer's
       output entering the next; ``p_output``: the last output entering the decoder
       (granularity ``activation_granularity``: Zaremba ``step``, Gal/AWD ``sequence``);
-    - ``p_hidden``: Gal's z_h on h_{t-1} (``hidden_granularity``; ``gate_masks=untied``
-      gives each gate its own z_h and, on the layer inputs, its own z_x);
-    - ``p_memory``: Moon's mask on the memory, h_t = o_t ∘ tanh(c_t ∘ z)
-      (``memory_carried``: c_t = z ∘ (f_t ∘ c_{t-1} + i_t ∘ g_t) as well);
-    - ``p_update``: Semeniuta's mask on the update, c_t = f_t ∘ c_{t-1} + z ∘ i_t ∘ g_t;
-    - ``zoneout_cell``, ``zoneout_hidden``: probabilities of keeping the previous c or h;
-    - ``p_weight``: DropConnect on every hidden-to-hidden matrix U (weight-drop).
+      ``gate_masks=untied`` gives each gate its own z_h and, on the layer inputs, its
+      own z_x (applied inside the layers).
     """
 
     name: str = "none"
@@ -164,43 +145,20 @@ class VariantConfig:
     p_between: float = 0.0
     p_output: float = 0.0
     activation_granularity: Granularity = Granularity.step
-    p_hidden: float = 0.0
-    hidden_granularity: Granularity = Granularity.sequence
     gate_masks: GateMasks = GateMasks.tied
-    p_memory: float = 0.0
-    memory_granularity: Granularity = Granularity.sequence
-    memory_carried: bool = False
-    p_update: float = 0.0
-    update_granularity: Granularity = Granularity.step
-    #: Semeniuta: scale the kept updates by 1/(1-p) in training (else by 1-p at evaluation).
-    update_scale: bool = True
-    zoneout_cell: float = 0.0
-    zoneout_hidden: float = 0.0
-    zoneout_granularity: Granularity = Granularity.step
-    p_weight: float = 0.0
-    #: Inverted scaling (1/(1-p) in training) of every mask but zoneout's and the update's.
-    scale: bool = True
     #: Activation regularization, α · mean(h_t²) on the dropped output of the last layer.
     ar_alpha: float = 0.0
     #: Temporal activation regularization, β · mean((h_t - h_{t-1})²) on its undropped output.
     tar_beta: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in self.rate_names():
-            _check_rate("variant", name, getattr(self, name))
+        super().__post_init__()
         _check_positive("variant", "ar_alpha", self.ar_alpha, allow_zero=True)
         _check_positive("variant", "tar_beta", self.tar_beta, allow_zero=True)
 
-    @classmethod
-    def rate_names(cls) -> list[str]:
-        return [
-            f.name
-            for f in fields(cls)
-            if f.name.startswith(("p_", "zoneout_")) and f.name != "zoneout_granularity"
-        ]
-
     def rates(self) -> dict[str, float]:
-        return {name: getattr(self, name) for name in self.rate_names()}
+        """Every rate by name (``p_*``, zoneout), for summaries and HParams."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if is_rate(f.name)}
 
 
 class Schedule(str, Enum):

@@ -23,7 +23,7 @@ from rnnreg.config import GateMasks, InitScheme, ModelConfig, VariantConfig
 from rnnreg.lstm import InStepDropout, LSTMLayer
 from rnnreg.regularizers import ActivationDropout
 from rnnreg.regularizers.embedding import embed_with_type_dropout
-from rnnreg.regularizers.masks import HeldMasks
+from rnnreg.regularizers.masks import MCDropout
 
 State = list[tuple[torch.Tensor, torch.Tensor]]
 
@@ -38,25 +38,11 @@ class Activations:
 
 def in_step_dropout(variant: VariantConfig, layer_index: int) -> InStepDropout:
     """What layer ``layer_index`` (0-based) drops inside itself under ``variant``."""
-    untied = variant.gate_masks is GateMasks.untied
-    p_layer_input = variant.p_input if layer_index == 0 else variant.p_between
-    return InStepDropout(
-        p_input=p_layer_input if untied else 0.0,
-        input_granularity=variant.activation_granularity,
-        p_hidden=variant.p_hidden,
-        hidden_granularity=variant.hidden_granularity,
-        untied=untied,
-        p_memory=variant.p_memory,
-        memory_granularity=variant.memory_granularity,
-        memory_carried=variant.memory_carried,
-        p_update=variant.p_update,
-        update_granularity=variant.update_granularity,
-        update_scale=variant.update_scale,
-        zoneout_cell=variant.zoneout_cell,
-        zoneout_hidden=variant.zoneout_hidden,
-        zoneout_granularity=variant.zoneout_granularity,
-        p_weight=variant.p_weight,
-        scale=variant.scale,
+    return InStepDropout.for_layer(
+        variant,
+        p_input=variant.p_input if layer_index == 0 else variant.p_between,
+        granularity=variant.activation_granularity,
+        untied=variant.gate_masks is GateMasks.untied,
     )
 
 
@@ -68,11 +54,6 @@ class LanguageModel(nn.Module):
         self.vocab_size = vocab_size
         self.p_embedding = variant.p_embedding
         self.embedding_granularity = variant.embedding_granularity
-        self.mc_dropout = False
-        self.replicas = 1
-        #: MC dropout: whether the word-type mask stays on (Gal's run_MC_test turns it off).
-        self.mc_embedding_dropout = True
-        self.held: HeldMasks | None = None
         self.embedding = nn.Embedding(vocab_size, model.embedding_size)
         output_sizes = [model.hidden_size] * (model.num_layers - 1) + [model.output_size]
         input_sizes = [model.embedding_size, *output_sizes[:-1]]
@@ -125,38 +106,6 @@ class LanguageModel(nn.Module):
             for layer in self.layers:
                 layer.lstm.reset_parameters()  # U(-1/sqrt(H), 1/sqrt(H))
 
-    def set_mc_dropout(
-        self,
-        enabled: bool,
-        replicas: int = 1,
-        *,
-        hold_masks: bool = False,
-        embedding_dropout: bool = True,
-    ) -> None:
-        """Keep the training-time masks on outside training (MC-dropout evaluation).
-
-        ``replicas`` = R says that the batch holds R independent copies, replica-major:
-        masks drawn once per forward pass (``batch``, word types, weights) are then
-        drawn once per copy, so that the copies are independent samples.
-        ``hold_masks`` draws every time-constant mask once, at the first forward pass,
-        and keeps it for the following ones until the next call (one draw per sample
-        over the whole stream, as Gal's ``run_MC_test``); otherwise each pass (BPTT
-        window) draws anew. ``embedding_dropout=False`` turns the word-type mask off.
-        """
-        self.mc_dropout = enabled
-        self.replicas = replicas if enabled else 1
-        self.mc_embedding_dropout = embedding_dropout or not enabled
-        self.held = HeldMasks() if enabled and hold_masks else None
-        for module in self.modules():
-            if module is not self and hasattr(module, "mc_dropout"):
-                module.mc_dropout = enabled
-                module.replicas = self.replicas
-                module.held = HeldMasks() if self.held is not None else None
-
-    @property
-    def stochastic(self) -> bool:
-        return self.training or self.mc_dropout
-
     def init_state(self, batch_size: int) -> State:
         """Zero (h, c) for every layer, each of shape (1, B, H)."""
         weight = self.decoder.weight
@@ -169,33 +118,43 @@ class LanguageModel(nn.Module):
         ]
 
     def forward(
-        self, tokens: torch.Tensor, state: State, activations: Activations | None = None
+        self,
+        tokens: torch.Tensor,
+        state: State,
+        activations: Activations | None = None,
+        mc: MCDropout | None = None,
     ) -> tuple[torch.Tensor, State]:
         """Logits (T, B, V) for ``tokens`` (T, B), and the state after the last step.
 
         ``activations``, when given, receives the last layer's output before and after
-        its output mask (for AR/TAR).
+        its output mask (for AR/TAR). ``mc`` (MC-dropout evaluation) keeps the masks on
+        outside training; see :class:`~rnnreg.regularizers.masks.MCDropout`.
         """
         embedded = embed_with_type_dropout(
             self.embedding,
             tokens,
             self.p_embedding,
-            training=self.training or (self.mc_dropout and self.mc_embedding_dropout),
+            training=self.training or (mc is not None and mc.embedding),
             granularity=self.embedding_granularity,
-            replicas=self.replicas,
-            held=self.held,
+            replicas=1 if mc is None else mc.replicas,
+            held=None if mc is None else mc.held,
         )
-        x = self.input_dropout(embedded)
+        x = self.input_dropout(embedded, mc=_scope(mc, "input"))
         new_state: State = []
         for index, layer in enumerate(self.layers):
             if index > 0:
-                x = self.between_dropout(x)
-            x, (h, c) = layer(x, state[index])
+                x = self.between_dropout(x, mc=_scope(mc, ("between", index)))
+            x, (h, c) = layer(x, state[index], mc=_scope(mc, ("layer", index)))
             new_state.append((h, c))
-        dropped = self.output_dropout(x)
+        dropped = self.output_dropout(x, mc=_scope(mc, "output"))
         if activations is not None:
             activations.last, activations.last_dropped = x, dropped
         return self.decoder(dropped), new_state
+
+
+def _scope(mc: MCDropout | None, key: object) -> MCDropout | None:
+    """Each module's own held masks within one MC sample."""
+    return None if mc is None else mc.scope(key)
 
 
 def detach_state(state: State) -> State:

@@ -72,6 +72,17 @@ def build_optimizer(
     return optimizer, EpochSchedule(cfg, optimizer)
 
 
+def step_with_lr_scale(optimizer: torch.optim.Optimizer, scale: float) -> None:
+    """One optimizer step at ``scale`` × every group's learning rate (AWD-LSTM's variable
+    BPTT scales it by L / bptt); the rates are put back afterwards."""
+    base_lrs = [group["lr"] for group in optimizer.param_groups]
+    for group in optimizer.param_groups:
+        group["lr"] *= scale
+    optimizer.step()
+    for group, lr in zip(optimizer.param_groups, base_lrs, strict=True):
+        group["lr"] = lr
+
+
 class NonMonotoneAveraging:
     """NT-ASGD (Merity et al. 2017): when to start averaging, and the averaged weights.
 

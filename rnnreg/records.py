@@ -7,16 +7,27 @@ resume) is written to a temporary file in the same folder and renamed into place
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
-import subprocess
+import logging
+import math
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm import tqdm
 
-from rnnreg import PROJECT_ROOT, RnnregError
+from rnnreg import RnnregError
 from rnnreg.files import atomic_write_bytes
+
+log = logging.getLogger(__name__)
+
+#: The checkpoint files in ``<run_dir>/checkpoints``: the newest state, the best weights.
+LAST = "last.pt"
+BEST = "best.pt"
 
 METRICS_COLUMNS = (
     "epoch",
@@ -123,23 +134,166 @@ class TensorBoard:
         self.writer.close()
 
 
-def git_commit() -> str | None:
-    """The project's commit (``+dirty`` when the work tree has changes), or None."""
-    try:
-        commit = subprocess.run(
-            ["git", "-C", str(PROJECT_ROOT), "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(PROJECT_ROOT), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
+#: HParams: these summary fields, the dropout rates, and these settings by short name.
+HPARAM_FIELDS = ("dataset", "model", "variant", "seed", "lstm_path", "stage")
+HPARAM_SETTINGS = {
+    "hidden_size": ("model", "hidden_size"),
+    "num_layers": ("model", "num_layers"),
+    "optim": ("optim", "name"),
+    "lr": ("optim", "lr"),
+    "epochs": ("trainer", "epochs"),
+    "batch_size": ("trainer", "batch_size"),
+    "bptt": ("trainer", "bptt"),
+}
+
+
+def hparams_of(summary: dict[str, Any]) -> dict[str, Any]:
+    """The knobs a comparison varies, taken from a run's summary."""
+    config = summary["config"]
+    params = {key: summary[key] for key in HPARAM_FIELDS}
+    params.update({name: config[group][key] for name, (group, key) in HPARAM_SETTINGS.items()})
+    params.update(summary["dropout"])
+    return params
+
+
+class IntervalMeter:
+    """Training NLL, tokens, steps and seconds since the last log line."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.nll, self.tokens, self.steps, self.start = 0.0, 0, 0, time.monotonic()
+
+    def add(self, nll_sum: float, tokens: int) -> None:
+        self.nll += nll_sum
+        self.tokens += tokens
+        self.steps += 1
+
+    @property
+    def ppl(self) -> float:
+        return math.exp(self.nll / max(self.tokens, 1))
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / max(time.monotonic() - self.start, 1e-9)
+
+    def scalars(self, grad_norm: float, lr: float) -> dict[str, float]:
+        return {
+            "train/loss": self.nll / self.tokens,
+            "train/ppl": self.ppl,
+            "train/grad_norm": grad_norm,
+            "train/lr": lr,
+            "train/tokens_per_s": self.tokens_per_s,
+        }
+
+
+def epoch_bar(show: bool, total: int, initial: int, epoch: int) -> tqdm | None:
+    """The epoch's progress bar in windows, or None when not shown."""
+    if not show:
         return None
-    return f"{commit}+dirty" if dirty else commit
+    return tqdm(
+        total=total,
+        initial=initial,
+        desc=f"epoch {epoch}",
+        unit="win",
+        dynamic_ncols=True,
+        leave=False,
+    )
+
+
+@dataclass
+class EpochRecord:
+    """What an epoch's end records (``metrics.csv`` has these columns but ``val_loss``)."""
+
+    epoch: int
+    step: int
+    lr: float
+    train_ppl: float
+    val_ppl: float
+    val_loss: float
+    tokens_per_s: float
+    elapsed_s: float
+    averaged: bool
+    asgd_switch_epoch: int | None
+
+
+class RunRecorder:
+    """Every record of a run in one place: ``metrics.csv`` (a row per epoch), TensorBoard
+    scalars and HParams (``tb/``), ``summary.json``, and the log lines.
+
+    On resume (``resumed_step`` > 0) the CSV rows after ``epochs_done`` and the events
+    after ``resumed_step`` are dropped: the resumed run writes them again.
+    """
+
+    def __init__(self, run_dir: Path, resumed_step: int, epochs_done: int) -> None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self.summary_path = run_dir / "summary.json"
+        self.metrics = MetricsCsv(run_dir / "metrics.csv")
+        if resumed_step:
+            self.metrics.truncate_after(epochs_done)
+        self.tb = TensorBoard(run_dir / "tb", purge_step=resumed_step or None)
+
+    def scalars(self, step: int, values: dict[str, float]) -> None:
+        self.tb.scalars(step, values)
+
+    def epoch(self, r: EpochRecord) -> None:
+        """The end of an epoch: its CSV row, its scalars, its log line."""
+        self.metrics.append(
+            {
+                **dataclasses.asdict(r),
+                "train_ppl": round(r.train_ppl, 4),
+                "val_ppl": round(r.val_ppl, 4),
+                "tokens_per_s": round(r.tokens_per_s, 1),
+                "elapsed_s": round(r.elapsed_s, 1),
+                "averaged": int(r.averaged),
+                "asgd_switch_epoch": r.asgd_switch_epoch or "",
+            }
+        )
+        scalars = {"epoch/train_ppl": r.train_ppl, "val/ppl": r.val_ppl, "val/loss": r.val_loss}
+        scalars |= {"epoch/lr": r.lr, "epoch/tokens_per_s": r.tokens_per_s, "epoch/epoch": r.epoch}
+        self.tb.scalars(r.step, {**scalars, "epoch/averaged": float(r.averaged)})
+        self.tb.flush()
+        log.info(
+            "epoch %d done: lr %.4g  train ppl %.2f  val ppl %.2f%s  %.0f tok/s",
+            *(r.epoch, r.lr, r.train_ppl, r.val_ppl),
+            " (averaged weights)" if r.averaged else "",
+            r.tokens_per_s,
+        )
+
+    def final(self, step: int, summary: dict[str, Any], results: dict[str, float]) -> None:
+        """The final evaluation: scalars (``test/ppl``, ...), HParams, one log line."""
+        best = math.inf if summary["best_val_ppl"] is None else summary["best_val_ppl"]
+        self.tb.scalars(step, {key.replace("_", "/", 1): v for key, v in results.items()})
+        self.tb.hparams(hparams_of(summary), {"best_val_ppl": best, **results})
+        log.info(
+            "best val ppl %.2f (epoch %d); %s",
+            best,
+            summary["best_epoch"],
+            ", ".join(f"{key} {value:.2f}" for key, value in results.items()),
+        )
+
+    def interval(
+        self,
+        step: int,
+        meter: IntervalMeter,
+        scalars: dict[str, float],
+        line: tuple[int, int, int, float] | None,
+    ) -> None:
+        """Every ``trainer.log_every_steps``: the training scalars and, unless a progress
+        bar shows them, a log line ``line`` = (epoch, row, last row, lr)."""
+        self.tb.scalars(step, scalars)
+        if line is not None:
+            epoch, row, last_row, lr = line
+            log.info(
+                "epoch %d  row %d/%d  step %d  lr %.4g  ppl %.2f  %.0f tok/s",
+                *(epoch, row, last_row, step, lr, meter.ppl, meter.tokens_per_s),
+            )
+        meter.reset()
+
+    def summary(self, summary: dict[str, Any]) -> dict[str, Any]:
+        write_summary(self.summary_path, summary)
+        return summary
+
+    def close(self) -> None:
+        self.tb.close()

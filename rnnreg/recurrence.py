@@ -1,4 +1,4 @@
-"""The LSTM step equations over a window, with every in-step mask of the SPEC.
+"""The LSTM step equations over a window, with every in-step mask (docs/variants.md).
 
 Forward, for t = 1..T, from gx_t = W (x_t ∘ z_x) + b (precomputed for all steps):
 

@@ -6,6 +6,7 @@ import logging
 import os
 import random
 import signal
+import subprocess
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,7 +20,7 @@ except ImportError:  # not POSIX: runs are not locked
 
 import torch
 
-from rnnreg import RnnregError, RunInUse
+from rnnreg import PROJECT_ROOT, RnnregError, RunInUse
 from rnnreg.config import Device
 
 log = logging.getLogger(__name__)
@@ -152,3 +153,23 @@ def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return f"cuda: {torch.cuda.get_device_name(device)}"
     return device.type
+
+
+def _git(*args: str) -> str:
+    return subprocess.run(
+        ["git", "-C", str(PROJECT_ROOT), *args],
+        capture_output=True,
+        text=True,
+        timeout=5,
+        check=True,
+    ).stdout.strip()
+
+
+def git_commit() -> str | None:
+    """The project's commit (``+dirty`` when the work tree has changes), or None."""
+    try:
+        commit = _git("rev-parse", "HEAD")
+        dirty = _git("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return f"{commit}+dirty" if dirty else commit

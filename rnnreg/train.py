@@ -33,7 +33,7 @@ register()
 def tune_malloc() -> None:
     """Keep glibc from mapping and unmapping the large logits buffers at every step.
 
-    Measured on this project's CPU machine: +40-75% tokens/s at hidden 200 (PERFORMANCE.md).
+    Measured on this project's CPU machine: +40-75% tokens/s at hidden 200 (docs/performance.md).
     The same as MALLOC_MMAP_THRESHOLD_/MALLOC_TRIM_THRESHOLD_, set from inside the process.
     """
     if not sys.platform.startswith("linux"):

@@ -207,11 +207,11 @@ def test_finetune_starts_from_the_given_weights(make_config, tmp_path: Path) -> 
         ),
         tmp_path / "finetune",
     )
-    finetune._start_finetune()
+    finetune.parts.start_from_best(str(tmp_path / "trained"), finetune.device)
     for key, value in finetune.model.state_dict().items():
         assert torch.equal(value, trained[key]), key
     assert finetune.averaging.active
-    finetune.averaging = NonMonotoneAveraging(finetune.run.optim.nonmono)  # fit() starts it
+    finetune.parts.averaging = NonMonotoneAveraging(finetune.run.optim.nonmono)  # fit() starts it
     summary = finetune.fit()
     assert summary["status"] == "completed" and summary["stage"] == "finetune"
     with open(tmp_path / "finetune" / "metrics.csv", newline="") as handle:

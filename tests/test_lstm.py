@@ -1,4 +1,4 @@
-"""The LSTM layer against the SPEC's equations, written out here independently."""
+"""The LSTM layer against docs/variants.md's equations, written out here independently."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ N_IN, H, T, B = 5, 6, 7, 4
 def reference(
     layer: LSTMLayer, x, state, masks: StepMasks, *, memory_carried=False, zoneout_eval=None
 ):
-    """The step equations of SPEC.md, one gate at a time, with the given masks.
+    """The step equations of docs/variants.md, one gate at a time, with the given masks.
 
     Gate k uses rows k*H:(k+1)*H of W, U and b (i, f, g, o). Masks have a leading time
     dimension of T or 1; untied ones have a gate dimension after it.

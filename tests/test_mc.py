@@ -8,6 +8,7 @@ import torch
 from rnnreg.data import batchify
 from rnnreg.evaluate import evaluate, evaluate_mc
 from rnnreg.model import LanguageModel
+from rnnreg.regularizers.masks import HeldMasks, MCDropout
 
 
 def setup(make_config, variant: str):
@@ -36,10 +37,9 @@ def test_mc_averages_probabilities_not_log_probabilities(make_config) -> None:
     torch.manual_seed(5)
     whole = evaluate_mc(model, source, bptt=source.size(0), samples=6)
     torch.manual_seed(5)  # the same draws: the same six replicas over one window
-    model.set_mc_dropout(True, replicas=6)
     with torch.no_grad():
-        logits, _ = model(source[:-1].repeat(1, 6), model.init_state(6 * source.size(1)))
-    model.set_mc_dropout(False)
+        state = model.init_state(6 * source.size(1))
+        logits, _ = model(source[:-1].repeat(1, 6), state, mc=MCDropout(replicas=6))
     log_p = torch.log_softmax(logits.double(), -1)
     targets = source[1:].repeat(1, 6).unsqueeze(-1)
     per_sample = log_p.gather(-1, targets).squeeze(-1).view(-1, 6, source.size(1))
@@ -55,20 +55,18 @@ def test_replicas_get_independent_masks(make_config) -> None:
     for variant in ("gal", "weight_drop", "zoneout"):
         model, source = setup(make_config, variant)
         model.eval()
-        model.set_mc_dropout(True, replicas=2)
         inputs = source[:10].repeat(1, 2)
-        logits, _ = model(inputs, model.init_state(8))
+        logits, _ = model(inputs, model.init_state(8), mc=MCDropout(replicas=2))
         assert not torch.allclose(logits[:, :4], logits[:, 4:]), variant
-        model.set_mc_dropout(False)
         logits, _ = model(inputs, model.init_state(8))
         # Rows of one batched product: a kernel's blocking may round the two halves
         # differently in the last bit (AVX2 EPYC), so equal up to rounding, not bitwise.
         torch.testing.assert_close(logits[:, :4], logits[:, 4:], rtol=1e-5, atol=1e-6)
 
 
-def _mc_logits(model, inputs, state):
+def _mc_logits(model, inputs, state, mc):
     with torch.no_grad():
-        return model(inputs, state)[0]
+        return model(inputs, state, mc=mc)[0]
 
 
 @pytest.mark.parametrize("variant", ["gal", "gal_untied", "weight_drop", "zoneout"])
@@ -78,14 +76,15 @@ def test_held_masks_are_reused_across_windows(make_config, variant: str) -> None
     model.eval()
     inputs = source[:10].repeat(1, 2)
     state = model.init_state(8)
-    model.set_mc_dropout(True, replicas=2, hold_masks=True)
-    first = _mc_logits(model, inputs, state)
-    second = _mc_logits(model, inputs, state)
-    model.set_mc_dropout(True, replicas=2, hold_masks=True)  # a new sample: new masks
-    third = _mc_logits(model, inputs, state)
-    model.set_mc_dropout(True, replicas=2)
-    fourth, fifth = _mc_logits(model, inputs, state), _mc_logits(model, inputs, state)
-    model.set_mc_dropout(False)
+    held = MCDropout(replicas=2, held=HeldMasks())
+    first = _mc_logits(model, inputs, state, held)
+    second = _mc_logits(model, inputs, state, held)
+    new_sample = MCDropout(replicas=2, held=HeldMasks())  # a new sample: new masks
+    third = _mc_logits(model, inputs, state, new_sample)
+    per_window = MCDropout(replicas=2)
+    fourth, fifth = _mc_logits(model, inputs, state, per_window), _mc_logits(
+        model, inputs, state, per_window
+    )
     assert not torch.allclose(first[:, :4], first[:, 4:]), "replicas must stay independent"
     assert not torch.allclose(first, third)
     assert not torch.allclose(fourth, fifth)

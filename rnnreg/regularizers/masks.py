@@ -1,6 +1,6 @@
 """The one mask helper: Bernoulli masks with a rate, a granularity and optional scaling.
 
-Every regularizer draws its masks here and nowhere else (SPEC, "Masks"). A mask ``z``
+Every regularizer draws its masks here and nowhere else (docs/variants.md, "Masks"). A mask ``z``
 has entries in {0, 1}, an entry is 0 (dropped) with probability ``p``; with inverted
 scaling the kept entries are ``1/(1-p)`` so that nothing changes at evaluation time.
 """
@@ -8,23 +8,12 @@ scaling the kept entries are ``1/(1-p)`` so that nothing changes at evaluation t
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
-from enum import Enum
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass, replace
 
 import torch
 
-
-class Granularity(str, Enum):
-    """How often a fresh mask is drawn, for activations shaped (T, B, m).
-
-    ``step``: every time step and batch row, mask shape (T, B, m);
-    ``sequence``: every batch row, shared by the steps of a BPTT window, (1, B, m);
-    ``batch``: once per forward pass, shared by every row and step, (1, 1, m).
-    """
-
-    step = "step"
-    sequence = "sequence"
-    batch = "batch"
+from rnnreg.dropout_settings import Granularity
 
 
 def mask_shape(shape: Sequence[int], granularity: Granularity | str) -> tuple[int, ...]:
@@ -156,7 +145,7 @@ class HeldMasks:
 
     def __init__(self) -> None:
         self._masks: dict[str, torch.Tensor | None] = {}
-        self._children: dict[int, HeldMasks] = {}
+        self._children: dict[Hashable, HeldMasks] = {}
 
     def get(self, name: str, draw: Callable[[], torch.Tensor | None]) -> torch.Tensor | None:
         """The mask held as ``name``, drawn by ``draw()`` on the first request."""
@@ -164,9 +153,9 @@ class HeldMasks:
             self._masks[name] = draw()
         return self._masks[name]
 
-    def child(self, index: int) -> HeldMasks:
-        """The holder of replica ``index`` (layers that run each replica on its own)."""
-        return self._children.setdefault(index, HeldMasks())
+    def child(self, key: Hashable) -> HeldMasks:
+        """The holder of one module (``key``: its name) or of one replica (its index)."""
+        return self._children.setdefault(key, HeldMasks())
 
 
 def held_or_drawn(
@@ -180,3 +169,30 @@ def held_or_drawn(
     if held is None or granularity is Granularity.step:
         return draw()
     return held.get(name, draw)
+
+
+@dataclass(frozen=True)
+class MCDropout:
+    """MC-dropout evaluation, an explicit argument of the forward pass: masks stay on
+    outside training (Gal & Ghahramani), for ``replicas`` independent copies.
+
+    ``replicas`` = R says that the batch holds R independent copies, replica-major:
+    masks drawn once per forward pass (``batch``, word types, weights) are then drawn
+    once per copy. ``held`` (a :class:`HeldMasks`) keeps every time-constant mask from
+    the first forward pass for the following ones: one draw per sample over the whole
+    stream (``eval.mc_mask_draw=stream``); None draws anew at every pass (window).
+    ``embedding=False`` turns the word-type mask off (Gal's ``run_MC_test``).
+    """
+
+    replicas: int = 1
+    held: HeldMasks | None = None
+    embedding: bool = True
+
+    def scope(self, key: Hashable) -> MCDropout:
+        """The same sample for one module: its own held masks under ``key``."""
+        return self if self.held is None else replace(self, held=self.held.child(key))
+
+    def replica(self, index: int) -> MCDropout:
+        """Replica ``index`` on its own (a layer that runs each copy separately)."""
+        held = None if self.held is None else self.held.child(index)
+        return replace(self, replicas=1, held=held)
