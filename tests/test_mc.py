@@ -82,8 +82,9 @@ def test_held_masks_are_reused_across_windows(make_config, variant: str) -> None
     new_sample = MCDropout(replicas=2, held=HeldMasks())  # a new sample: new masks
     third = _mc_logits(model, inputs, state, new_sample)
     per_window = MCDropout(replicas=2)
-    fourth, fifth = _mc_logits(model, inputs, state, per_window), _mc_logits(
-        model, inputs, state, per_window
+    fourth, fifth = (
+        _mc_logits(model, inputs, state, per_window),
+        _mc_logits(model, inputs, state, per_window),
     )
     assert not torch.allclose(first[:, :4], first[:, 4:]), "replicas must stay independent"
     assert not torch.allclose(first, third)
