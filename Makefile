@@ -25,7 +25,7 @@ PAPER_EXPERIMENTS := zaremba_medium,zaremba_large,gal_medium,gal_medium_untied,g
 PAPER_DIR ?= outputs/multiruns/sweep-paper
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-fast lint format run data bench sweep sweep-paper report results record clean
+.PHONY: help setup test test-fast lint format run data bench sweep sweep-paper report rescore results record clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -84,8 +84,12 @@ sweep-paper: $(STAMP) ## the paper presets x 3 seeds on SLURM GPUs (set RNNREG_S
 		seed=$(SEEDS) eval.mc_samples=100 trainer.device=cuda trainer.auto_resume=true \
 		hydra.sweep.dir=$(abspath $(PAPER_DIR))
 
-report: $(STAMP) ## the perplexity table of every run under outputs/ (or OUTPUTS=dir)
-	$(PY) -m rnnreg.report
+report: $(STAMP) ## the perplexity table of every run under outputs/ (or OUTPUTS=dir), with CIs and tests vs REFERENCE (none)
+	$(PY) -m rnnreg.report --reference $(or $(REFERENCE),none)
+
+rescore: $(STAMP) ## cache pointer + dynamic evaluation of a finished run, settings chosen on validation: make rescore RUN=<dir>
+	@test -n "$(RUN)" || { echo "make rescore needs RUN=<run directory>"; exit 2; }
+	$(PY) -m rnnreg.rescore $(abspath $(RUN)) --grid $(ARGS)
 
 results: $(STAMP) ## regenerate results/README.md (the ledger table) from results/runs/*.json
 	$(PY) -m rnnreg.ledger table

@@ -275,6 +275,66 @@ class MaskDraw(str, Enum):
     stream = "stream"
 
 
+class Similarity(str, Enum):
+    """The cache pointer's s(h_t, h_i): ``dot`` (Grave et al. 2017) or ``cosine``
+    (AWD-LSTM's ``pointer.py``)."""
+
+    dot = "dot"
+    cosine = "cosine"
+
+
+@dataclass
+class CacheConfig:
+    """Grave et al.'s continuous cache pointer on the last layer's output, evaluated at
+    batch 1 (``rnnreg/cache_pointer.py``). AWD-LSTM's PTB command (its README: ``pointer.py
+    --lambdasm 0.1 --theta 1.0 --window 500``) used window 500, θ 1.0, λ 0.1 with cosine
+    similarity; choose θ and λ on validation (``python -m rnnreg.rescore <run> --grid``)."""
+
+    enabled: bool = False
+    window: int = 500
+    theta: float = 1.0
+    #: λ in p = (1 − λ) p_vocab + λ p_cache.
+    interpolation: float = 0.1
+    similarity: Similarity = Similarity.dot
+    theta_grid: list[float] = field(default_factory=lambda: [0.1, 0.3, 0.5, 1.0, 2.0])
+    interpolation_grid: list[float] = field(
+        default_factory=lambda: [0.05, 0.1, 0.15, 0.2, 0.25, 0.3]
+    )
+
+    def __post_init__(self) -> None:
+        _check_positive("eval.cache", "window", self.window)
+        if not 0.0 <= self.interpolation <= 1.0:
+            raise RnnregError(f"eval.cache.interpolation={self.interpolation} must lie in [0, 1]")
+
+
+@dataclass
+class DynamicConfig:
+    """Krause et al.'s RMS-normalised dynamic evaluation at batch 1
+    (``rnnreg/dynamic_eval.py``). Defaults: ``dynamiceval.py`` of
+    benkrause/dynamic-evaluation, tuned there for AWD-LSTM on PTB (η 5e-5, λ 0.002,
+    ε 2e-5, segments of 5 tokens, gradient statistics at batch 100 over the training set);
+    its grid (``--grid``) is ``lr_grid`` x ``decay_grid``, searched here on the first
+    ``grid_tokens`` validation tokens (its ``--gridfast``: 30,000)."""
+
+    enabled: bool = False
+    lr: float = 5e-5
+    decay: float = 0.002
+    epsilon: float = 2e-5
+    segment: int = 5
+    stats_batch_size: int = 100
+    #: Stop the gradient statistics after this many segments (0: the whole training set).
+    stats_max_batches: int = 0
+    lr_grid: list[float] = field(default_factory=lambda: [3e-5, 4e-5, 5e-5, 6e-5, 7e-5, 1e-4])
+    decay_grid: list[float] = field(default_factory=lambda: [0.001, 0.002, 0.003, 0.005])
+    grid_tokens: int = 30000
+
+    def __post_init__(self) -> None:
+        for name in ("lr", "decay", "epsilon", "stats_max_batches"):
+            _check_positive("eval.dynamic", name, getattr(self, name), allow_zero=True)
+        for name in ("segment", "stats_batch_size", "grid_tokens"):
+            _check_positive("eval.dynamic", name, getattr(self, name))
+
+
 @dataclass
 class EvalConfig:
     """Perplexity = exp(mean NLL over every predicted token of a split, each once)."""
@@ -295,6 +355,10 @@ class EvalConfig:
     mc_embedding_dropout: bool = True
     #: The weights whose test perplexity is ``test_ppl`` (and MC); see :class:`TestWeights`.
     test_weights: TestWeights = TestWeights.best
+    #: Also evaluate with the continuous cache pointer (``val_ppl_cache``, ...).
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    #: Also evaluate dynamically (``val_ppl_dynamic``, ...).
+    dynamic: DynamicConfig = field(default_factory=DynamicConfig)
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "test_batch_size", "bptt"):

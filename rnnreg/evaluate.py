@@ -8,11 +8,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from rnnreg.config import EvalConfig, MaskDraw, TestWeights
 from rnnreg.data import windows
 from rnnreg.model import LanguageModel, detach_state
 from rnnreg.regularizers.masks import HeldMasks, MCDropout
-from rnnreg.testhooks import pause_point
 
 
 @dataclass(frozen=True)
@@ -105,45 +103,3 @@ def evaluate_mc(
         model.train(was_training)
     nll_sum = -torch.log(prob_sum / samples).sum().item()
     return Evaluation(nll_sum, steps * batch)
-
-
-def final_evaluation(
-    model: LanguageModel,
-    final_weights: dict[str, torch.Tensor],
-    best_weights: dict[str, torch.Tensor] | None,
-    valid: torch.Tensor,
-    test: torch.Tensor,
-    e: EvalConfig,
-) -> dict[str, float]:
-    """Test perplexity of the final and of the best-validation weights; ``test_ppl`` (and
-    MC dropout, with ``eval.mc_samples``) uses those of ``eval.test_weights``, which stay
-    loaded in ``model`` afterwards.
-
-    ``final``: the weights after the last step (averaged under NT-ASGD), as Zaremba's and
-    Gal's Lua code test them; ``best``: the best validation epoch's (AWD-LSTM). Without a
-    best checkpoint (no validation was ever better than inf) the final weights are the best.
-    """
-    model.load_state_dict(final_weights)
-    results = {"test_ppl_final": evaluate(model, test, e.bptt).perplexity}
-    pause_point("test")  # in the final evaluation
-    if best_weights is not None:
-        model.load_state_dict(best_weights)
-        results["test_ppl_best"] = evaluate(model, test, e.bptt).perplexity
-    else:
-        results["test_ppl_best"] = results["test_ppl_final"]
-    if e.test_weights is TestWeights.final:
-        model.load_state_dict(final_weights)
-    results["test_ppl"] = results[f"test_ppl_{e.test_weights.value}"]
-    if e.mc_samples > 0:
-        for split, source in (("val", valid), ("test", test)):
-            mc = evaluate_mc(
-                model,
-                source,
-                e.bptt,
-                e.mc_samples,
-                e.mc_replicas_per_pass,
-                hold_masks=e.mc_mask_draw is MaskDraw.stream,
-                embedding_dropout=e.mc_embedding_dropout,
-            )
-            results[f"{split}_ppl_mc"] = mc.perplexity
-    return results

@@ -56,6 +56,10 @@ RESUMABLE_CHANGES = (
 )
 
 
+#: Groups of settings that only say how a run is evaluated afterwards.
+RESUMABLE_PREFIXES = ("eval.cache.", "eval.dynamic.")
+
+
 def _flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``."""
     flat: dict[str, Any] = {}
@@ -75,7 +79,9 @@ def changed_settings(saved: dict[str, Any], current: dict[str, Any]) -> list[str
     return sorted(
         key
         for key in old.keys() & new.keys()
-        if key not in RESUMABLE_CHANGES and old[key] != new[key]
+        if key not in RESUMABLE_CHANGES
+        and not key.startswith(RESUMABLE_PREFIXES)
+        and old[key] != new[key]
     )
 
 

@@ -165,7 +165,12 @@ class TrainedParts:
 
 
 #: The final results a summary carries (None until the run completes).
-FINAL_RESULTS = ("test_ppl", "test_ppl_best", "test_ppl_final", "val_ppl_mc", "test_ppl_mc")
+FINAL_RESULTS = (
+    "test_ppl",
+    "test_ppl_best",
+    "test_ppl_final",
+    *(f"{split}_ppl_{kind}" for kind in ("mc", "cache", "dynamic") for split in ("val", "test")),
+)
 
 
 def run_summary(

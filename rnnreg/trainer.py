@@ -21,7 +21,8 @@ import torch
 from rnnreg import RnnregError
 from rnnreg.config import Averaging, Progress, RunConfig, Stage, as_plain_dict
 from rnnreg.data import Corpus, batchify, load_corpus, num_windows, variable_bptt_length, window_at
-from rnnreg.evaluate import evaluate, final_evaluation
+from rnnreg.evaluate import evaluate
+from rnnreg.final_eval import extra_evaluations, final_evaluation
 from rnnreg.loss import window_loss
 from rnnreg.model import State, detach_state
 from rnnreg.optim import step_with_lr_scale
@@ -233,11 +234,16 @@ class Trainer:
     def _final_evaluation(self) -> dict[str, float]:
         final = self.averaging.eval_model(self.model).state_dict()
         final_weights = {key: value.detach().clone() for key, value in final.items()}
-        best_path = self.ckpt_dir / BEST
+        best_path, e = self.ckpt_dir / BEST, self.run.eval
         best = load_checkpoint(best_path, self.device)["model"] if best_path.exists() else None
-        return final_evaluation(
-            self.model, final_weights, best, self.valid_data, self.test_data, self.run.eval
+        results = final_evaluation(
+            self.model, final_weights, best, self.valid_data, self.test_data, e
         )
+        if e.cache.enabled or e.dynamic.enabled:  # both at batch 1, on the tested weights
+            splits = {"val": self.corpus.valid, "test": self.corpus.test}
+            streams = {name: batchify(s, 1).to(self.device) for name, s in splits.items()}
+            results |= extra_evaluations(self.model, streams, self.corpus.train, e)
+        return results
 
     def fit(self) -> dict[str, Any]:
         """Train (or resume) to the end; write ``summary.json``; return the summary.

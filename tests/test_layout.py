@@ -14,18 +14,22 @@ PACKAGE = Path(__file__).resolve().parent.parent / "rnnreg"
 
 #: Rooms from the bottom up; a module may import only its own room or the ones below.
 ROOMS = [
-    {"rnnreg", "rnnreg.dropout_settings", "rnnreg.files", "rnnreg.testhooks"},
+    {"rnnreg", "rnnreg.dropout_settings", "rnnreg.files", "rnnreg.testhooks"}
+    | {"rnnreg.significance"},
     {"rnnreg.config"},
     {"rnnreg.runtime", "rnnreg.data", "rnnreg.recurrence"},
     {f"rnnreg.regularizers{suffix}" for suffix in ("", ".masks", ".dropout", ".embedding")}
     | {f"rnnreg.regularizers.{name}" for name in ("weights", "activations", "layer_masks")},
     {"rnnreg.lstm"},
     {"rnnreg.model"},
-    {"rnnreg.loss", "rnnreg.evaluate", "rnnreg.optim"},
+    {"rnnreg.loss", "rnnreg.evaluate", "rnnreg.optim"}
+    | {"rnnreg.cache_pointer", "rnnreg.dynamic_eval"},
+    {"rnnreg.final_eval"},
     {"rnnreg.records"},
     {"rnnreg.run_state", "rnnreg.resume"},
     {"rnnreg.trainer"},
-    {"rnnreg.train", "rnnreg.ledger", "rnnreg.report"},
+    {"rnnreg.report_data", "rnnreg.report_render"},
+    {"rnnreg.train", "rnnreg.ledger", "rnnreg.report", "rnnreg.rescore"},
 ]
 
 

@@ -1,0 +1,109 @@
+"""Dynamic evaluation (Krause, Kahembwe, Murray, Renals 2018), RMS-normalised, decayed.
+
+Gradient statistics first, on the training data with the trained weights θ₀ (segments of
+``segment`` tokens, ``stats_batch_size`` rows, evaluation mode):
+
+    MS_k = sqrt( (1/N_b) Σ_b g_k,b² )                    per parameter entry k
+    r_k  = min(MS_k / mean_over_tensors(mean(MS)), 1/λ)  its decay rate
+
+Then the stream is cut into segments s_1, s_2, … of ``segment`` tokens (batch 1, hidden
+state carried). Each segment is scored with the current weights *before* the update that
+uses it, then the weights move:
+
+    loss_j = mean NLL of s_j under θ_{j-1}                (what is reported)
+    θ_j    = θ_{j-1} − η g_j / (MS + ε) + λ r ∘ (θ₀ − θ_{j-1})
+
+The model's own weights are restored afterwards. Defaults and their source: docs/protocols.md.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from rnnreg.data import batchify, windows
+from rnnreg.evaluate import Evaluation
+from rnnreg.model import LanguageModel, detach_state
+
+
+def _segment_loss(
+    model: LanguageModel, inputs: torch.Tensor, targets: torch.Tensor, state: list
+) -> tuple[torch.Tensor, list]:
+    logits, state = model(inputs, state)
+    loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1))
+    return loss, detach_state(state)
+
+
+def gradient_statistics(
+    model: LanguageModel,
+    train: torch.Tensor,
+    segment: int,
+    batch_size: int,
+    max_batches: int = 0,
+) -> dict[str, torch.Tensor]:
+    """MS per parameter (by name) from the 1-D training stream ``train``; ``max_batches``
+    > 0 stops after that many segments."""
+    was_training = model.training
+    model.eval()
+    data = batchify(train, batch_size).to(next(model.parameters()).device)
+    params = dict(model.named_parameters())
+    squares = {name: torch.zeros_like(p) for name, p in params.items()}
+    count = 0
+    state = model.init_state(batch_size)
+    try:
+        for _, inputs, targets in windows(data, segment):
+            model.zero_grad(set_to_none=True)
+            loss, state = _segment_loss(model, inputs, targets, state)
+            loss.backward()
+            for name, p in params.items():
+                if p.grad is not None:
+                    squares[name] += p.grad.detach() ** 2
+            count += 1
+            if max_batches and count >= max_batches:
+                break
+    finally:
+        model.zero_grad(set_to_none=True)
+        model.train(was_training)
+    return {name: torch.sqrt(total / count) for name, total in squares.items()}
+
+
+def evaluate_dynamic(
+    model: LanguageModel,
+    source: torch.Tensor,
+    ms: dict[str, torch.Tensor],
+    lr: float,
+    decay: float,
+    epsilon: float,
+    segment: int,
+) -> Evaluation:
+    """Dynamic evaluation of the (T, 1) stream ``source`` (see the module's equations)."""
+    if source.size(1) != 1:
+        raise ValueError("dynamic evaluation runs on one stream: batch size 1")
+    was_training = model.training
+    model.eval()
+    params = dict(model.named_parameters())
+    original = {name: p.detach().clone() for name, p in params.items()}
+    scale = torch.stack([m.mean() for m in ms.values()]).mean()
+    rates = {name: (m / scale).clamp(max=1 / decay) if decay > 0 else m for name, m in ms.items()}
+    nll_sum, tokens = 0.0, 0
+    state = model.init_state(1)
+    try:
+        for _, inputs, targets in windows(source, segment):
+            model.zero_grad(set_to_none=True)
+            loss, state = _segment_loss(model, inputs, targets, state)
+            nll_sum += loss.item() * targets.numel()  # scored before the update
+            tokens += targets.numel()
+            loss.backward()
+            with torch.no_grad():
+                for name, p in params.items():  # both terms from θ_{j-1}
+                    step = decay * rates[name] * (original[name] - p)
+                    if p.grad is not None:
+                        step -= lr * p.grad / (ms[name] + epsilon)
+                    p.add_(step)
+    finally:
+        with torch.no_grad():
+            for name, p in params.items():
+                p.copy_(original[name])
+        model.zero_grad(set_to_none=True)
+        model.train(was_training)
+    return Evaluation(nll_sum, tokens)
