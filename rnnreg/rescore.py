@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("overrides", nargs="*", help="eval.* settings, key=value")
     parser.add_argument("--grid", action="store_true", help="choose the settings on validation")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # --grid before or after the overrides
     register()
     try:
         out = rescore(args.run_dir.resolve(), args.overrides, args.grid)

@@ -159,12 +159,14 @@ def test_rescore_an_existing_run_with_settings_chosen_on_validation(make_config,
     import json
 
     from rnnreg import RnnregError
-    from rnnreg.rescore import rescore
+    from rnnreg.rescore import main, rescore
     from rnnreg.trainer import Trainer
 
     run_dir = tmp_path / "run"
     Trainer(make_config("trainer.epochs=1"), run_dir).fit()
-    out = rescore(run_dir, ["eval.cache.theta_grid=[0.5,1.0]", *FAST_EXTRAS], grid=True)
+    argv = [str(run_dir), "--grid", "eval.cache.theta_grid=[0.5,1.0]", *FAST_EXTRAS]
+    assert main(argv) == 0  # the CLI: --grid before the overrides
+    out = json.loads((run_dir / "rescore.json").read_text())
     assert out["cache"]["chosen_on_validation"] and out["dynamic"]["chosen_on_validation"]
     assert out["cache"]["theta"] in (0.5, 1.0)
     summary = json.loads((run_dir / "summary.json").read_text())
