@@ -5,7 +5,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from rnnreg.regularizers.masks import Granularity, MCDropout, draw_activation_mask, held_or_drawn
+from rnnreg.regularizers.masks import (
+    Granularity,
+    MCDropout,
+    apply_mask,
+    draw_activation_mask,
+    held_or_drawn,
+)
 
 
 class ActivationDropout(nn.Module):
@@ -31,10 +37,10 @@ class ActivationDropout(nn.Module):
         """``mask`` replaces the random draw (tests give explicit masks this way)."""
         if not (self.training or mc is not None):
             return x * (1.0 - self.p) if not self.scale and self.p > 0 else x
-        if mask is None and self.p > 0:
-            replicas = 1 if mc is None else mc.replicas
-            mask = held_or_drawn(
-                None if mc is None else mc.held,
+        replicas = 1 if mc is None else mc.replicas
+        if mask is None and self.p > 0 and mc is not None and mc.held is not None:
+            mask = held_or_drawn(  # one draw for the whole stream (time-constant masks)
+                mc.held,
                 "activation",
                 self.granularity,
                 lambda: draw_activation_mask(
@@ -47,7 +53,9 @@ class ActivationDropout(nn.Module):
                     dtype=x.dtype,
                 ),
             )
-        return x if mask is None else x * mask
+        return apply_mask(
+            x, self.p, self.granularity, scale=self.scale, replicas=replicas, mask=mask
+        )
 
     def extra_repr(self) -> str:
         return f"p={self.p}, granularity={self.granularity.value}, scale={self.scale}"
