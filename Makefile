@@ -23,9 +23,14 @@ SWEEP_JOBS ?= 2
 SWEEP_DIR ?= outputs/multiruns/sweep-small
 PAPER_EXPERIMENTS := zaremba_medium,zaremba_large,gal_medium,gal_medium_untied,gal_large,gal_large_untied,moon_medium,zoneout_large,semeniuta_small,awd_ptb
 PAPER_DIR ?= outputs/multiruns/sweep-paper
+# The papers' rows reproduced on one machine, in order, one at a time (results/README.md).
+LEDGER_ROWS := zaremba_medium "gal_medium_untied eval.mc_samples=100" \
+	"gal_medium eval.mc_samples=100" moon_medium
+LEDGER_DIR ?= outputs/ledger
+LEDGER_THREADS ?= 2
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-fast lint format run data bench sweep sweep-paper report rescore results record clean
+.PHONY: help setup test test-fast lint format run data bench sweep sweep-paper ledger-runs report rescore results record clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -83,6 +88,14 @@ sweep-paper: $(STAMP) ## the paper presets x 3 seeds on SLURM GPUs (set RNNREG_S
 	$(PY) -m rnnreg.train -m hydra/launcher=slurm experiment=$(PAPER_EXPERIMENTS) \
 		seed=$(SEEDS) eval.mc_samples=100 trainer.device=cuda trainer.auto_resume=true \
 		hydra.sweep.dir=$(abspath $(PAPER_DIR))
+
+ledger-runs: $(STAMP) ## the ledger's rows in order (seed 1), each resumed from its checkpoint or skipped when done, then recorded
+	@set -e; for row in $(LEDGER_ROWS); do \
+		set -- $$row; dir=$(abspath $(LEDGER_DIR))/$$1_s1; \
+		$(PY) -m rnnreg.train experiment=$$1 "$${@:2}" seed=1 trainer.threads=$(LEDGER_THREADS) \
+			trainer.progress=log trainer.auto_resume=true hydra.run.dir=$$dir; \
+		$(PY) -m rnnreg.ledger record $$dir; \
+	done
 
 report: $(STAMP) ## the perplexity table of every run under outputs/ (or OUTPUTS=dir), with CIs and tests vs REFERENCE (none)
 	$(PY) -m rnnreg.report --reference $(or $(REFERENCE),none)

@@ -21,8 +21,10 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime as dt
+import itertools
 import json
 import math
+import statistics
 import sys
 from pathlib import Path
 from typing import Any
@@ -35,6 +37,21 @@ RESULTS = PROJECT_ROOT / "results"
 #: Tolerance in percent by the published row's confidence.
 BAND = {"low": 3.0}
 DEFAULT_BAND = 2.0
+#: Epochs whose median rate projects a partial run's finish.
+RECENT_EPOCHS = 3
+#: The rates in the order data meets them (the rest after, alphabetically).
+RATE_ORDER = (
+    "p_embedding",
+    "p_input",
+    "p_weight",
+    "p_hidden",
+    "p_update",
+    "p_memory",
+    "zoneout_cell",
+    "zoneout_hidden",
+    "p_between",
+    "p_output",
+)
 
 
 def _overrides(run_dir: Path) -> list[str]:
@@ -58,7 +75,15 @@ def _command(overrides: list[str]) -> str:
     shown = [
         o
         for o in overrides
-        if not o.startswith(("hydra.", "trainer.threads", "trainer.progress", "trainer.resume"))
+        if not o.startswith(
+            (
+                "hydra.",
+                "trainer.threads",
+                "trainer.progress",
+                "trainer.resume",
+                "trainer.auto_resume",
+            )
+        )
     ]
     return "python -m rnnreg.train " + " ".join(shown)
 
@@ -110,14 +135,34 @@ def entry_from_run(run_dir: Path, note: str | None = None) -> dict[str, Any]:
         "git_commit": summary.get("git_commit"),
         "run_dir": str(run_dir),
         "recorded": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "dropout": {k: v for k, v in (summary.get("dropout") or {}).items() if v},
         "note": note,
     }
-    if not completed and elapsed and epochs_done:
-        remaining = (planned - epochs_done) * elapsed / epochs_done
-        entry["projected_remaining_s"] = round(remaining)
-    if not completed and entry["tokens_per_s"] is None and rows:
-        entry["tokens_per_s"] = float(rows[-1]["tokens_per_s"])
+    if not completed and rows:
+        # A partial run's rate is its recent epochs' (median of the last RECENT_EPOCHS):
+        # the average since the start counts pauses and earlier thread counts.
+        seconds, tokens_per_s = recent_rate(rows)
+        entry["projected_remaining_s"] = round(max(planned - epochs_done, 0) * seconds)
+        entry["tokens_per_s"] = tokens_per_s
     return entry
+
+
+def recent_rate(rows: list[dict[str, str]]) -> tuple[float, float]:
+    """Seconds per epoch and tokens/s of a run now: the medians over its last
+    :data:`RECENT_EPOCHS` epochs of metrics.csv (``elapsed_s`` differences)."""
+    elapsed = [0.0] + [float(r["elapsed_s"]) for r in rows]
+    durations = [b - a for a, b in itertools.pairwise(elapsed)][-RECENT_EPOCHS:]
+    speeds = [float(r["tokens_per_s"]) for r in rows][-RECENT_EPOCHS:]
+    return statistics.median(durations), statistics.median(speeds)
+
+
+def dropout_cell(rates: dict[str, float] | None) -> str:
+    """``{"p_input": 0.35, "p_hidden": 0.2}`` -> ``input 0.35, hidden 0.2``."""
+    if not rates:
+        return "none" if rates is not None else "–"
+    order = {key: i for i, key in enumerate(RATE_ORDER)}
+    keys = sorted(rates, key=lambda key: order.get(key, len(order)))
+    return ", ".join(f"{key.removeprefix('p_')} {rates[key]:g}" for key in keys)
 
 
 def record(
@@ -200,6 +245,7 @@ def table_rows(entries: dict[str, dict[str, Any]]) -> list[list[str]]:
                 [
                     f"`{name}`",
                     f"`{e['command']}`",
+                    dropout_cell(e.get("dropout")),
                     str(e["seed"]),
                     evaluation,
                     f"{_num(ours_val)} (epoch {e['best_epoch']})" if not mc else _num(ours_val),
@@ -225,11 +271,12 @@ def partial_rows(entries: dict[str, dict[str, Any]]) -> list[list[str]]:
             [
                 f"`{name}`",
                 f"`{e['command']}`",
+                dropout_cell(e.get("dropout")),
                 str(e["seed"]),
                 f"{e['epochs']} / {e['epochs_planned']}",
                 _num(e.get("last_val_ppl")),
                 _num(e.get("best_val_ppl")),
-                f"{remaining / 3600:.1f} h at the rate so far" if remaining else "–",
+                f"{remaining / 3600:.1f} h at the last epochs' rate" if remaining else "–",
                 _num(e.get("tokens_per_s"), 0),
                 f"{e.get('device')}, {e.get('cpu_model')}",
                 e["recorded"],
@@ -264,6 +311,7 @@ def write_table(results: Path = RESULTS) -> Path:
     header = [
         "run",
         "command",
+        "dropout (p)",
         "seed",
         "eval",
         "val",
@@ -281,6 +329,7 @@ def write_table(results: Path = RESULTS) -> Path:
     header = [
         "run",
         "command",
+        "dropout (p)",
         "seed",
         "epochs done",
         "current val",

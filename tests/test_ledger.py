@@ -38,6 +38,7 @@ def fake_run(root: Path, status: str, val: float, test: float | None, epochs: in
         "device_name": "cpu",
         "cpu_model": "AMD EPYC",
         "torch_version": "2.13.0",
+        "dropout": {"p_input": 0.5, "p_between": 0.5, "p_output": 0.5, "p_hidden": 0.0},
     }
     (run_dir / "summary.json").write_text(json.dumps(summary))
     return run_dir
@@ -75,7 +76,27 @@ def test_record_and_table(tmp_path: Path) -> None:
     row = next(line for line in finished.splitlines() if "zaremba_medium_s1" in line)
     assert "86.2 / 82.7 Zaremba2014" in row and "+0.3% / +0.2%" in row
     assert "within 2%" in row and "final; best-val 83.40, final 82.90" in row
+    assert "| input 0.5, between 0.5, output 0.5 |" in row  # the rates, zeros left out
     far_row = next(line for line in finished.splitlines() if "zaremba_medium_far" in line)
     assert "outside 2%: the lr schedule differs" in far_row
     assert "zaremba_medium_partial" not in finished
-    assert "3 / 39" in in_progress and "36.0 h at the rate so far" in in_progress
+    assert "3 / 39" in in_progress and "36.0 h at the last epochs' rate" in in_progress
+
+
+def test_partial_projection_uses_recent_epochs(tmp_path: Path) -> None:
+    """A paused epoch (or one at fewer threads) does not set the projected finish."""
+    run_dir = fake_run(tmp_path, "running", 120.0, None, 5)
+    metrics = run_dir / "metrics.csv"
+    header, *rows = metrics.read_text().splitlines()
+    # epochs of 1 h, except epoch 2 that took 10 h (paused) at a tenth of the speed
+    elapsed, fixed = 0.0, []
+    for epoch, row in enumerate(rows, start=1):
+        cells = row.split(",")
+        elapsed += 36000.0 if epoch == 2 else 3600.0
+        cells[5] = "150" if epoch == 2 else "1500"
+        cells[6] = str(elapsed)
+        fixed.append(",".join(cells))
+    metrics.write_text("\n".join([header, *fixed]) + "\n")
+    entry = entry_from_run(run_dir)
+    assert entry["projected_remaining_s"] == 34 * 3600
+    assert entry["tokens_per_s"] == 1500.0
