@@ -241,6 +241,9 @@ def table_rows(entries: dict[str, dict[str, Any]]) -> list[list[str]]:
                 )
             if mc:
                 test_cell += f" (K={e['mc_samples']}, {e.get('mc_mask_draw') or 'window'})"
+            paper_cell = f"{_num(p_val, 1)} / {_num(p_test, 1)} {paper.get('paper', '')}{low}"
+            if mc and paper.get("note"):
+                paper_cell += f" ({paper['note']})"  # the paper's sample count
             rows.append(
                 [
                     f"`{name}`",
@@ -250,7 +253,7 @@ def table_rows(entries: dict[str, dict[str, Any]]) -> list[list[str]]:
                     evaluation,
                     f"{_num(ours_val)} (epoch {e['best_epoch']})" if not mc else _num(ours_val),
                     test_cell,
-                    f"{_num(p_val, 1)} / {_num(p_test, 1)} {paper.get('paper', '')}{low}",
+                    paper_cell,
                     f"{_pct(d_val)} / {_pct(d_test)}",
                     verdict([d_val, d_test], confidence, e.get("note")),
                     f"{float(e['wall_time_s']) / 3600:.1f} h" if e.get("wall_time_s") else "–",

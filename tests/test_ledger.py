@@ -100,3 +100,26 @@ def test_partial_projection_uses_recent_epochs(tmp_path: Path) -> None:
     entry = entry_from_run(run_dir)
     assert entry["projected_remaining_s"] == 34 * 3600
     assert entry["tokens_per_s"] == 1500.0
+
+
+def test_mc_row_beside_the_papers_mc_number(tmp_path: Path) -> None:
+    """Gal's MC row: our K and mask draw next to the paper's number and sample count."""
+    results = tmp_path / "results"
+    run_dir = fake_run(tmp_path, "completed", 82.0, 80.0, 39)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    summary.update(
+        variant="gal_untied",
+        mc_samples=100,
+        mc_mask_draw="stream",
+        val_ppl_mc=80.5,
+        test_ppl_mc=78.6 * 1.01,
+    )
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+    record(run_dir, "gal_medium_untied_s1", results=results)
+    text = write_table(results).read_text()
+    mc_row = next(line for line in text.splitlines() if "| mc |" in line)
+    assert "79.39 (K=100, stream)" in mc_row
+    assert "– / 78.6 Gal2016 (MC dropout 1000 samples)" in mc_row
+    assert "+1.0%" in mc_row and "within 2%" in mc_row
+    standard = next(line for line in text.splitlines() if "| standard |" in line)
+    assert "81.9 / 79.7 Gal2016" in standard and "1000 samples" not in standard
