@@ -19,7 +19,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from rnnreg import PROJECT_ROOT, RnnregError, RunInUse
 from rnnreg.config import CONF_DIR, GROUPS, RunConfig, group_options, register, to_run_config
@@ -131,11 +131,22 @@ def threads_per_job(launcher: Any) -> int:
     return max(1, cores // jobs)
 
 
-def train(run: RunConfig, run_dir: Path, labels: dict[str, Any] | None = None) -> float:
-    """Train ``run`` in ``run_dir``; return its best validation perplexity (inf if none)."""
-    from rnnreg.trainer import Trainer  # torch is imported after Hydra has set up logging
+def train(
+    run: RunConfig,
+    run_dir: Path,
+    labels: dict[str, Any] | None = None,
+    launch: tuple[list[str], str] | None = None,
+) -> float:
+    """Train ``run`` in ``run_dir``; return its best validation perplexity (inf if none).
 
-    summary = Trainer(run, run_dir, labels=labels).fit()
+    ``launch``: the overrides and composed config to record in ``run_dir/.hydra/`` once
+    the run accepts them (:class:`rnnreg.records.LaunchRecord`).
+    """
+    from rnnreg.records import LaunchRecord  # torch is imported after Hydra's logging
+    from rnnreg.trainer import Trainer
+
+    record = None if launch is None else LaunchRecord(tuple(launch[0]), launch[1])
+    summary = Trainer(run, run_dir, labels=labels, launch=record).fit()
     best = summary["best_val_ppl"]
     return math.inf if best is None else float(best)
 
@@ -149,7 +160,8 @@ def main(cfg: DictConfig) -> float:
         if run.trainer.threads == 0:
             run.trainer.threads = threads_per_job(hydra_cfg.launcher)
         labels = {"experiment": hydra_cfg.runtime.choices.get("experiment")}
-        return train(run, Path(hydra_cfg.runtime.output_dir), labels)
+        launch = (list(hydra_cfg.overrides.task), OmegaConf.to_yaml(cfg))
+        return train(run, Path(hydra_cfg.runtime.output_dir), labels, launch)
     except RunInUse as exc:
         if hydra_cfg.mode is RunMode.MULTIRUN:  # leave that job to its owner; sweep on
             log.error("skipped: %s", exc)

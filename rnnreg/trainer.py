@@ -31,6 +31,7 @@ from rnnreg.records import (
     LAST,
     EpochRecord,
     IntervalMeter,
+    LaunchRecord,
     RunRecorder,
     epoch_bar,
     load_checkpoint,
@@ -53,8 +54,10 @@ class Trainer:
         run_dir: Path,
         corpus: Corpus | None = None,
         labels: dict[str, Any] | None = None,
+        launch: LaunchRecord | None = None,
     ) -> None:
         self.run, self.run_dir, self.labels = run, run_dir, dict(labels or {})
+        self.launch = launch
         self.ckpt_dir = run_dir / "checkpoints"
         self.device = select_device(run.trainer.device)
         if run.trainer.threads:
@@ -259,10 +262,13 @@ class Trainer:
         if done is not None:
             log.info("%s already completed with this configuration; nothing to do", self.run_dir)
             return done
-        if should_resume(self.run_dir, t.resume, t.auto_resume):
+        resumed = should_resume(self.run_dir, t.resume, t.auto_resume)
+        if resumed:
             self.restore()
         elif t.stage is Stage.finetune:
             self.parts.start_from_best(str(t.init_from), self.device)
+        if self.launch is not None:
+            self.launch.write(self.run_dir, resumed)
         self.recorder = RunRecorder(self.run_dir, p.step, p.epochs_done)
         self.recorder.summary(self._summary("running"))
         outcome = Outcome.done

@@ -59,6 +59,7 @@ def test_two_job_joblib_multirun_gives_two_summaries_and_a_report(
     assert not (sweep / "0_none_seed1" / "summary.json").exists()
     assert (sweep / "1_none_seed2" / "summary.json").exists()
     assert "being trained by another process" in (sweep / "0_none_seed1" / "train.log").read_text()
+    assert not (sweep / "0_none_seed1" / ".hydra").exists()  # the refused launch wrote no record
 
     # Launched again once the owner is gone: the skipped job runs, the finished one is kept.
     finished = (sweep / "1_none_seed2" / "summary.json").read_text()
@@ -72,6 +73,8 @@ def test_two_job_joblib_multirun_gives_two_summaries_and_a_report(
     seen = [json.loads(path.read_text()) for path in summaries]
     assert sorted(s["seed"] for s in seen) == [1, 2]
     assert all(s["status"] == "completed" for s in seen)
+    overrides = (sweep / "0_none_seed1" / ".hydra" / "overrides.yaml").read_text()
+    assert "- seed=1\n" in overrides  # written once the job was accepted
     cores = os.cpu_count() or 1
     assert all(s["config"]["trainer"]["threads"] == max(1, cores // 2) for s in seen)
     markdown = build_report(sweep).read_text()

@@ -102,6 +102,7 @@ def test_hydra_run_writes_tensorboard_csv_and_summary(tiny_data: Path, tmp_path:
     assert "_hparams_/session_start_info" in hparams and "hparam/test_ppl" in tags
     assert (run_dir / "checkpoints" / "last.pt").is_file()
     assert (run_dir / ".hydra" / "config.yaml").is_file()
+    assert "- variant=zaremba\n" in (run_dir / ".hydra" / "overrides.yaml").read_text()
 
 
 def test_train_returns_the_best_validation_perplexity(make_config, tmp_path: Path) -> None:
@@ -296,3 +297,45 @@ def test_the_progress_bar_runs(make_config, tmp_path: Path) -> None:
     """trainer.progress=bar (the default on a terminal) trains and shows a bar."""
     summary = Trainer(make_config("trainer.max_steps=5", "trainer.progress=bar"), tmp_path).fit()
     assert summary["status"] == "completed"
+
+
+def test_a_refused_launch_leaves_the_runs_record_untouched(make_config, tmp_path: Path) -> None:
+    """``.hydra/`` holds the latest *accepted* launch: a run in use or a changed config on
+    resume is refused before anything in the run directory changes."""
+    from rnnreg import RnnregError, RunInUse
+    from rnnreg.records import LaunchRecord
+    from rnnreg.runtime import exclusive_run
+
+    run_dir, hydra_dir = tmp_path / "run", tmp_path / "run" / ".hydra"
+    settings = ("trainer.max_steps=10", "trainer.epochs=1")
+    first = LaunchRecord(("variant=zaremba", "trainer.max_steps=10"), "seed: 1\n")
+    Trainer(make_config("variant=zaremba", *settings), run_dir, launch=first).fit()
+    assert (hydra_dir / "overrides.yaml").read_text() == (
+        "- variant=zaremba\n- trainer.max_steps=10\n"
+    )
+    assert (hydra_dir / "config.yaml").read_text() == "seed: 1\n"
+    record = {p.name: p.read_bytes() for p in hydra_dir.iterdir()}
+
+    changed = LaunchRecord(("variant=gal", "trainer.resume=true"), "seed: 1\n")
+    with pytest.raises(RnnregError, match="cannot resume"):
+        Trainer(
+            make_config("variant=gal", *settings, "trainer.resume=true"), run_dir, launch=changed
+        ).fit()
+    busy = LaunchRecord(("variant=zaremba", "trainer.resume=true"), "other: 2\n")
+    with exclusive_run(run_dir), pytest.raises(RunInUse):
+        Trainer(
+            make_config("variant=zaremba", *settings, "trainer.resume=true"), run_dir, launch=busy
+        ).fit()
+    assert {p.name: p.read_bytes() for p in hydra_dir.iterdir()} == record
+
+    longer = LaunchRecord(("variant=zaremba", "trainer.max_steps=20"), "seed: 1\n")
+    Trainer(
+        make_config(
+            "variant=zaremba", "trainer.max_steps=20", "trainer.epochs=1", "trainer.resume=true"
+        ),
+        run_dir,
+        launch=longer,
+    ).fit()
+    assert "trainer.max_steps=20" in (hydra_dir / "overrides.yaml").read_text()
+    launches = (hydra_dir / "launches.log").read_text().splitlines()
+    assert [line.split()[1] for line in launches] == ["start", "resume"]
