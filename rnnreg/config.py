@@ -220,6 +220,19 @@ class Stage(str, Enum):
     finetune = "finetune"
 
 
+#: TrainerConfig settings that say how a run is executed, not what it computes: a resume
+#: may change them (rnnreg/resume.py) and a ledger row's command leaves them out.
+EXECUTION_SETTINGS = (
+    "resume",
+    "auto_resume",
+    "progress",
+    "threads",
+    "device",
+    "log_every_steps",
+    "checkpoint_every_s",
+)
+
+
 @dataclass
 class TrainerConfig:
     epochs: int = 13

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from rnnreg import PROJECT_ROOT, RnnregError
+from rnnreg.config import EXECUTION_SETTINGS
 from rnnreg.files import atomic_write_bytes
 from rnnreg.report import Run, load_published, published_for
 
@@ -72,18 +73,11 @@ def _metrics(run_dir: Path) -> list[dict[str, str]]:
 
 def _command(overrides: list[str]) -> str:
     """The command line that reproduces the run (execution settings left out)."""
+    execution = {f"trainer.{name}" for name in EXECUTION_SETTINGS}
     shown = [
         o
         for o in overrides
-        if not o.startswith(
-            (
-                "hydra.",
-                "trainer.threads",
-                "trainer.progress",
-                "trainer.resume",
-                "trainer.auto_resume",
-            )
-        )
+        if not o.startswith("hydra.") and o.split("=", 1)[0].lstrip("+~") not in execution
     ]
     return "python -m rnnreg.train " + " ".join(shown)
 

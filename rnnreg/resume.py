@@ -16,21 +16,11 @@ from typing import Any
 import torch
 
 from rnnreg import RnnregError
+from rnnreg.config import EXECUTION_SETTINGS
 from rnnreg.records import LAST, load_checkpoint, previous_checkpoint
 
 log = logging.getLogger(__name__)
 
-
-#: Trainer settings that say how a run is executed, not what it computes.
-EXECUTION_SETTINGS = (
-    "resume",
-    "auto_resume",
-    "progress",
-    "threads",
-    "device",
-    "log_every_steps",
-    "checkpoint_every_s",
-)
 
 #: Settings a resumed run may change: they extend the run or say how it runs or is
 #: evaluated afterwards, not what its checkpoint already holds (everything else must

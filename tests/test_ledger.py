@@ -13,6 +13,7 @@ def fake_run(root: Path, status: str, val: float, test: float | None, epochs: in
     (run_dir / ".hydra").mkdir(parents=True)
     (run_dir / ".hydra" / "overrides.yaml").write_text(
         "- experiment=zaremba_medium\n- trainer.threads=1\n- hydra.run.dir=/x\n"
+        "- trainer.auto_resume=true\n- trainer.checkpoint_every_s=60\n"
     )
     rows = ["epoch,step,lr,train_ppl,val_ppl,tokens_per_s,elapsed_s,averaged,asgd_switch_epoch"]
     for epoch in range(1, epochs + 1):
