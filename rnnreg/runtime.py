@@ -165,11 +165,18 @@ def _git(*args: str) -> str:
     ).stdout.strip()
 
 
+#: Names the commit of a copy of the code that has no ``.git`` (a tree shipped to a cluster
+#: node or a GPU machine); read only when ``git`` cannot answer.
+GIT_COMMIT_ENV = "RNNREG_GIT_COMMIT"
+
+
 def git_commit() -> str | None:
-    """The project's commit (``+dirty`` when the work tree has changes), or None."""
+    """The project's commit (``+dirty`` when the work tree has changes); without a git
+    checkout, ``$RNNREG_GIT_COMMIT`` marked ``(copy)``, or None."""
     try:
         commit = _git("rev-parse", "HEAD")
         dirty = _git("status", "--porcelain", "--untracked-files=no")
     except (OSError, subprocess.SubprocessError):
-        return None
+        declared = os.environ.get(GIT_COMMIT_ENV, "").strip()
+        return f"{declared} (copy)" if declared else None
     return f"{commit}+dirty" if dirty else commit

@@ -339,3 +339,18 @@ def test_a_refused_launch_leaves_the_runs_record_untouched(make_config, tmp_path
     assert "trainer.max_steps=20" in (hydra_dir / "overrides.yaml").read_text()
     launches = (hydra_dir / "launches.log").read_text().splitlines()
     assert [line.split()[1] for line in launches] == ["start", "resume"]
+
+
+def test_a_copy_without_git_records_the_declared_commit(monkeypatch) -> None:
+    """A tree shipped without .git (cluster node, GPU machine) names its commit by
+    $RNNREG_GIT_COMMIT, marked as a copy; without it the commit is unknown (None)."""
+    from rnnreg import runtime
+
+    def no_git(*args: str) -> str:
+        raise subprocess.CalledProcessError(128, ["git", *args])
+
+    monkeypatch.setattr(runtime, "_git", no_git)
+    monkeypatch.delenv(runtime.GIT_COMMIT_ENV, raising=False)
+    assert runtime.git_commit() is None
+    monkeypatch.setenv(runtime.GIT_COMMIT_ENV, "abc123")
+    assert runtime.git_commit() == "abc123 (copy)"
