@@ -89,9 +89,11 @@ sweep-paper: $(STAMP) ## the paper presets x 3 seeds on SLURM GPUs (set RNNREG_S
 		seed=$(SEEDS) eval.mc_samples=100 trainer.device=cuda trainer.auto_resume=true \
 		hydra.sweep.dir=$(abspath $(PAPER_DIR))
 
-ledger-runs: $(STAMP) ## the ledger's rows in order (seed 1), each resumed from its checkpoint or skipped when done, then recorded
+ledger-runs: $(STAMP) ## the ledger's rows in order (seed 1), each skipped when results/runs has it completed, else resumed from its checkpoint, then recorded
 	@set -e; for row in $(LEDGER_ROWS); do \
 		set -- $$row; dir=$(abspath $(LEDGER_DIR))/$$1_s1; \
+		if grep -qs '"status": "completed"' results/runs/$$1_s1.json; then \
+			echo "$$1_s1: completed in results/runs, skipped"; continue; fi; \
 		$(PY) -m rnnreg.train experiment=$$1 "$${@:2}" seed=1 trainer.threads=$(LEDGER_THREADS) \
 			trainer.progress=log trainer.auto_resume=true hydra.run.dir=$$dir; \
 		$(PY) -m rnnreg.ledger record $$dir; \

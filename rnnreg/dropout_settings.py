@@ -38,6 +38,20 @@ class LSTMPath(str, Enum):
     loop = "loop"
 
 
+class MemoryScale(str, Enum):
+    """Where Moon's inverted-dropout scale 1/(1-p) acts (docs/variants.md, "Moon's scale").
+
+    ``in_memory``: the scaled mask z multiplies the memory, h_t = o_t ∘ tanh(c_t ∘ z) (and
+    the carried c_t with ``memory_carried``): a kept unit sees tanh(c/(1-p)) in training
+    and tanh(c) at evaluation. ``on_output``: the memory sees the 0/1 mask b and the scale
+    goes to the output, h_t = o_t ∘ tanh(c_t ∘ b) / (1-p) = o_t ∘ tanh(c_t) ∘ z: the
+    paper's 0/1 formula, and evaluation (z = 1) is its expectation.
+    """
+
+    in_memory = "in_memory"
+    on_output = "on_output"
+
+
 class GateMasks(str, Enum):
     """Gal's z_x, z_h: one mask shared by the four gates, or one per gate."""
 
@@ -69,7 +83,8 @@ class LayerDropout:
     - ``p_hidden``: Gal's z_h on h_{t-1} (``hidden_granularity``; ``batch`` becomes a
       column mask on U, which the fused kernel can run);
     - ``p_memory``: Moon's mask on the memory, h_t = o_t ∘ tanh(c_t ∘ z)
-      (``memory_carried``: c_t = z ∘ (f_t ∘ c_{t-1} + i_t ∘ g_t) as well);
+      (``memory_carried``: c_t = z ∘ (f_t ∘ c_{t-1} + i_t ∘ g_t) as well;
+      ``memory_scale``: where its 1/(1-p) acts, :class:`MemoryScale`);
     - ``p_update``: Semeniuta's mask on the update, c_t = f_t ∘ c_{t-1} + z ∘ i_t ∘ g_t;
     - ``zoneout_cell``, ``zoneout_hidden``: probabilities of keeping the previous c or h;
     - ``p_weight``: DropConnect on every hidden-to-hidden matrix U (weight-drop).
@@ -83,6 +98,7 @@ class LayerDropout:
     p_memory: float = 0.0
     memory_granularity: Granularity = Granularity.sequence
     memory_carried: bool = False
+    memory_scale: MemoryScale = MemoryScale.in_memory
     p_update: float = 0.0
     update_granularity: Granularity = Granularity.step
     #: Semeniuta: scale the kept updates by 1/(1-p) in training (else by 1-p at evaluation).

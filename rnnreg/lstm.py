@@ -24,8 +24,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from rnnreg.dropout_settings import InStepDropout, LSTMPath
-from rnnreg.recurrence import Recurrence, recurrence
+from rnnreg.dropout_settings import InStepDropout, LSTMPath, MemoryScale
+from rnnreg.recurrence import MemoryForm, Recurrence, recurrence
 from rnnreg.regularizers.layer_masks import StepMasks, draw_layer_masks
 from rnnreg.regularizers.masks import MCDropout
 from rnnreg.regularizers.weights import drop_weight
@@ -175,7 +175,10 @@ class LSTMLayer(nn.Module):
             c0[0],
             weight_hh,
             masks.in_step(),
-            self.dropout.memory_carried,
+            MemoryForm(
+                carried=self.dropout.memory_carried,
+                scale_on_output=self.dropout.memory_scale is MemoryScale.on_output,
+            ),
         )
         return outputs, (h.unsqueeze(0), c.unsqueeze(0))
 

@@ -5,8 +5,10 @@ Forward, for t = 1..T, from gx_t = W (x_t ∘ z_x) + b (precomputed for all step
     a_t    = gx_t + U (h_{t-1} ∘ z_h)                       (per gate k when untied)
     i, f, o = σ(a_i), σ(a_f), σ(a_o)        g = tanh(a_g)
     ĉ_t    = f ∘ c_{t-1} + z_u ∘ i ∘ g                       Semeniuta
-    ĉ_t    = z_m ∘ ĉ_t                                       Moon, ``memory_carried``
+    ĉ_t    = z_m ∘ ĉ_t                                       Moon, ``carried``
     ĥ_t    = o ∘ tanh(ĉ_t ∘ z_m)                             Moon (output form)
+    ĉ_t    = b_m ∘ ĉ_t,  ĥ_t = o ∘ tanh(ĉ_t) ∘ z_m          Moon, ``scale_on_output``
+                              (b_m = [z_m ≠ 0]; ĉ_t masked only when ``carried``)
     c_t    = z^c ∘ c_{t-1} + (1 - z^c) ∘ ĉ_t                 zoneout
     h_t    = z^h ∘ h_{t-1} + (1 - z^h) ∘ ĥ_t                 zoneout
 
@@ -20,6 +22,10 @@ Two implementations of the same function:
   all T·B rows after the loop, instead of T thin products accumulated one by one. The
   forward and backward are plain functions of tensors, so ``torch.compile`` can fuse
   their element-wise work without tracing autograd.
+
+Moon's ``scale_on_output`` (:class:`MemoryForm`) moves the mask's 1/(1-p) out of the
+memory onto the output: the memory sees the 0/1 mask b_m, so a kept unit runs the same
+dynamics as at evaluation (docs/variants.md, "Moon's scale").
 
 Masks (:class:`InStepMasks`) are constants (no gradient). gx is (T, B, 4H), or gate-major
 (T, 4, B, H) when z_h is untied; h, c are (B, H).
@@ -45,6 +51,14 @@ def _at(mask: Mask, t: int) -> Mask:
     if mask is None:
         return None
     return mask[t] if mask.size(0) > 1 else mask[0]
+
+
+class MemoryForm(NamedTuple):
+    """Where Moon's z_m acts: on the carried memory too (``carried``), and whether its
+    1/(1-p) scales the output instead of the memory (``scale_on_output``)."""
+
+    carried: bool = False
+    scale_on_output: bool = False
 
 
 class InStepMasks(NamedTuple):
@@ -93,21 +107,27 @@ def _cell(
     z_m: Mask,
     z_c: Mask,
     z_hh: Mask,
-    memory_carried: bool,
+    memory: MemoryForm,
 ) -> tuple[torch.Tensor, ...]:
     """One step after the gate pre-activations: (h_t, c_t, i, f, g, o, τ) with τ the tanh
-    that ĥ_t = o ∘ τ used."""
+    in ĥ_t (ĥ_t = o ∘ τ, or o ∘ τ ∘ z_m with ``scale_on_output``)."""
     i, f, o = torch.sigmoid(a_i), torch.sigmoid(a_f), torch.sigmoid(a_o)
     g = torch.tanh(a_g)
     c_hat = torch.addcmul(f * c, i if z_u is None else i * z_u, g)
-    if z_m is not None and memory_carried:
-        c_hat = c_hat * z_m
+    if z_m is not None and memory.scale_on_output:
+        if memory.carried:
+            c_hat = c_hat * (z_m != 0).to(c_hat.dtype)
         tau = torch.tanh(c_hat)
-    elif z_m is not None:
-        tau = torch.tanh(c_hat * z_m)
+        h_new = o * tau * z_m
     else:
-        tau = torch.tanh(c_hat)
-    h_new = o * tau
+        if z_m is not None and memory.carried:
+            c_hat = c_hat * z_m
+            tau = torch.tanh(c_hat)
+        elif z_m is not None:
+            tau = torch.tanh(c_hat * z_m)
+        else:
+            tau = torch.tanh(c_hat)
+        h_new = o * tau
     c_new = c_hat if z_c is None else torch.lerp(c_hat, c, z_c)  # z c + (1 - z) ĉ
     if z_hh is not None:
         h_new = torch.lerp(h_new, h, z_hh)
@@ -120,7 +140,7 @@ def _steps(
     c: torch.Tensor,
     weight_hh: torch.Tensor,
     masks: InStepMasks,
-    memory_carried: bool,
+    memory: MemoryForm,
     save: bool,
 ) -> tuple[torch.Tensor, ...]:
     """The forward loop; with ``save`` it also keeps what the backward needs."""
@@ -132,7 +152,7 @@ def _steps(
         if save:
             c_prev.append(c)
         h, c, i, f, g, o, tau = _cell(
-            *a, h, c, z.update, z.memory, z.zoneout_cell, z.zoneout_hidden, memory_carried
+            *a, h, c, z.update, z.memory, z.zoneout_cell, z.zoneout_hidden, memory
         )
         outputs.append(h)
         if save:
@@ -156,10 +176,10 @@ def recurrence(
     c: torch.Tensor,
     weight_hh: torch.Tensor,
     masks: InStepMasks,
-    memory_carried: bool,
+    memory: MemoryForm,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Run the step equations over ``gx`` from (h, c); returns outputs (T, B, H), h_T, c_T."""
-    outputs, h, c = _steps(gx, h, c, weight_hh, masks, memory_carried, save=False)
+    outputs, h, c = _steps(gx, h, c, weight_hh, masks, memory, save=False)
     return outputs, h, c
 
 
@@ -169,14 +189,14 @@ def forward_saving(
     c: torch.Tensor,
     weight_hh: torch.Tensor,
     masks: InStepMasks,
-    memory_carried: bool,
+    memory: MemoryForm,
 ) -> tuple[torch.Tensor, ...]:
     """:func:`recurrence` that also returns what the backward needs.
 
     Returns (outputs, h_T, c_T, gates, c_prev, tau): ``gates`` (T, 4, B, H) holds
     i, f, g, o; ``c_prev`` (T, B, H) holds c_{t-1}; ``tau`` (T, B, H) the tanh in ĥ_t.
     """
-    return _steps(gx, h, c, weight_hh, masks, memory_carried, save=True)
+    return _steps(gx, h, c, weight_hh, masks, memory, save=True)
 
 
 def backward_through_time(
@@ -190,7 +210,7 @@ def backward_through_time(
     tau: torch.Tensor,
     weight_hh: torch.Tensor,
     masks: InStepMasks,
-    memory_carried: bool,
+    memory: MemoryForm,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients (d gx, d h0, d c0, d U) from those of (outputs, h_T, c_T).
 
@@ -200,6 +220,9 @@ def backward_through_time(
         dτ = dĥ ∘ o ∘ (1 - τ²)      dĉ = (1 - z^c) dc + dτ ∘ z_m   (z_m ∘ (…) if carried)
         δ_i = dĉ z_u g σ'(i)    δ_f = dĉ c_{t-1} σ'(f)    δ_g = dĉ z_u i (1 - g²)
         δ_o = dĥ τ σ'(o)        dc_{t-1} = z^c dc + dĉ ∘ f
+
+    With ``scale_on_output``, dĥ is first multiplied by z_m, and then
+    dĉ = (1 - z^c) dc + dτ   (b_m ∘ (…) if carried).
         d gx_t = δ_t            dU = Σ_t δ_tᵀ (h_{t-1} ∘ z_h)
     """
     steps, batch, hidden = outputs.shape
@@ -214,20 +237,25 @@ def backward_through_time(
         z_c, z_hh, z_u, z_m = z.zoneout_cell, z.zoneout_hidden, z.update, z.memory
         dh_hat = dh if z_hh is None else dh * (1 - z_hh)
         dc_hat = dc if z_c is None else dc * (1 - z_c)
-        d_tanh = dh_hat * o * (1 - tau[t] * tau[t])
-        if z_m is not None and memory_carried:
-            dc_hat = (dc_hat + d_tanh) * z_m
-        elif z_m is not None:
-            dc_hat = dc_hat + d_tanh * z_m
-        else:
+        dh_out = dh_hat if z_m is None or not memory.scale_on_output else dh_hat * z_m
+        d_tanh = dh_out * o * (1 - tau[t] * tau[t])
+        if z_m is None:
             dc_hat = dc_hat + d_tanh
+        elif memory.scale_on_output:  # d_tanh already carries z_m
+            dc_hat = dc_hat + d_tanh
+            if memory.carried:
+                dc_hat = dc_hat * (z_m != 0).to(dc_hat.dtype)
+        elif memory.carried:
+            dc_hat = (dc_hat + d_tanh) * z_m
+        else:
+            dc_hat = dc_hat + d_tanh * z_m
         d_update = dc_hat if z_u is None else dc_hat * z_u
         delta = torch.stack(
             (
                 d_update * g * i * (1 - i),
                 dc_hat * c_prev[t] * f * (1 - f),
                 d_update * i * (1 - g * g),
-                dh_hat * tau[t] * o * (1 - o),
+                dh_out * tau[t] * o * (1 - o),
             ),
             dim=0 if untied else 1,
         )  # (4, B, H) gate-major when untied, else (B, 4, H)
@@ -271,12 +299,12 @@ class _RecurrenceFunction(torch.autograd.Function):
         weight_hh: torch.Tensor,
         *masks_and_flag: Any,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        *masks, memory_carried = masks_and_flag  # flat, so that autograd sees every tensor
+        *masks, memory = masks_and_flag  # flat, so that autograd sees every tensor
         outputs, h, c, gates, c_prev, tau = impl._run(
-            "forward", gx, h0, c0, weight_hh, InStepMasks(*masks), memory_carried
+            "forward", gx, h0, c0, weight_hh, InStepMasks(*masks), memory
         )
         ctx.impl = impl
-        ctx.memory_carried = memory_carried
+        ctx.memory = memory
         ctx.mask_count = len(masks)
         ctx.save_for_backward(h0, outputs, gates, c_prev, tau, weight_hh, *masks)
         return outputs, h.clone(), c
@@ -298,7 +326,7 @@ class _RecurrenceFunction(torch.autograd.Function):
             tau,
             weight_hh,
             InStepMasks(*masks),
-            ctx.memory_carried,
+            ctx.memory,
         )
         return (None, d_gx, d_h0, d_c0, d_weight, *([None] * (ctx.mask_count + 1)))
 
@@ -372,7 +400,7 @@ class Recurrence:
         c: torch.Tensor,
         weight_hh: torch.Tensor,
         masks: InStepMasks,
-        memory_carried: bool,
+        memory: MemoryForm,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Same inputs and outputs as :func:`recurrence`."""
         return _RecurrenceFunction.apply(
@@ -382,5 +410,5 @@ class Recurrence:
             c,
             weight_hh,
             *masks,
-            memory_carried,
+            memory,
         )

@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from rnnreg.dropout_settings import MemoryScale
 from rnnreg.lstm import InStepDropout, LSTMLayer, StepMasks
 from rnnreg.regularizers.masks import Granularity
 
@@ -15,7 +16,14 @@ N_IN, H, T, B = 5, 6, 7, 4
 
 
 def reference(
-    layer: LSTMLayer, x, state, masks: StepMasks, *, memory_carried=False, zoneout_eval=None
+    layer: LSTMLayer,
+    x,
+    state,
+    masks: StepMasks,
+    *,
+    memory_carried=False,
+    memory_on_output=False,
+    zoneout_eval=None,
 ):
     """The step equations of docs/variants.md, one gate at a time, with the given masks.
 
@@ -50,7 +58,12 @@ def reference(
         zu = at(masks.update, t)
         c_hat = f * c + (i * g if zu is None else zu * i * g)
         zm = at(masks.memory, t)
-        if zm is not None and memory_carried:
+        if zm is not None and memory_on_output:  # 0/1 mask b in the memory, z on the output
+            b_m = (zm > 0).to(zm.dtype)
+            if memory_carried:
+                c_hat = b_m * c_hat
+            h_hat = o * torch.tanh(c_hat * b_m) * zm
+        elif zm is not None and memory_carried:
             c_hat = zm * c_hat
             h_hat = o * torch.tanh(c_hat)
         elif zm is not None:
@@ -63,6 +76,14 @@ def reference(
         h, c = h_new, c_new
         outputs.append(h)
     return torch.stack(outputs), (h, c)
+
+
+def memory_form(dropout: dict) -> dict[str, bool]:
+    """The reference's Moon switches for a VARIANTS entry."""
+    return {
+        "memory_carried": dropout.get("memory_carried", False),
+        "memory_on_output": dropout.get("memory_scale") is MemoryScale.on_output,
+    }
 
 
 def make_layer(**dropout) -> LSTMLayer:
@@ -99,6 +120,17 @@ VARIANTS = {
     },
     "moon": {"p_memory": 0.5},
     "moon_carried": {"p_memory": 0.5, "memory_carried": True},
+    "moon_on_output": {"p_memory": 0.5, "memory_scale": MemoryScale.on_output},
+    "moon_carried_on_output": {
+        "p_memory": 0.5,
+        "memory_carried": True,
+        "memory_scale": MemoryScale.on_output,
+    },
+    "moon_on_output_unscaled": {
+        "p_memory": 0.4,
+        "memory_scale": MemoryScale.on_output,
+        "scale": False,
+    },
     "semeniuta_step": {"p_update": 0.25},
     "semeniuta_sequence_unscaled": {
         "p_update": 0.5,
@@ -141,9 +173,7 @@ def test_layer_matches_the_spec_equations_with_the_same_masks(name: str) -> None
     torch.manual_seed(2)
     masks = layer.draw_masks(T, B, x.device, x.dtype)
     out, (h, c) = layer(x, state, masks)
-    ref_out, (ref_h, ref_c) = reference(
-        layer, x, state, masks, memory_carried=dropout.get("memory_carried", False)
-    )
+    ref_out, (ref_h, ref_c) = reference(layer, x, state, masks, **memory_form(dropout))
     torch.testing.assert_close(out, ref_out, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(h[0], ref_h, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(c[0], ref_c, rtol=1e-6, atol=1e-6)
@@ -167,10 +197,32 @@ def test_eval_is_deterministic_and_uses_mask_expectations(name: str) -> None:
         expected.hidden = torch.full((1, 1, H), 1 - dropout["p_hidden"], dtype=x.dtype)
     if dropout.get("scale") is False and dropout.get("p_memory"):
         expected.memory = torch.full((1, 1, H), 1 - dropout["p_memory"], dtype=x.dtype)
-    ref, _ = reference(
-        layer, x, state, expected, memory_carried=dropout.get("memory_carried", False)
-    )
+    ref, _ = reference(layer, x, state, expected, **memory_form(dropout))
     torch.testing.assert_close(first, ref, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("scale", [MemoryScale.on_output, MemoryScale.in_memory])
+def test_moon_evaluation_is_the_expected_training_output(scale: MemoryScale) -> None:
+    """At the first step each unit's output depends on its own z_m only, so the
+    expectation over z_m ∈ {0, 1/(1-p)} is the mean of the all-dropped and the all-kept
+    runs. ``on_output`` evaluates (z_m = 1) to exactly that; ``in_memory`` does not
+    (tanh(ĉ/(1-p)) ≠ tanh(ĉ)/(1-p)): the gap the moon_medium row measured
+    (results/README.md)."""
+    p = 0.5
+    layer = make_layer(p_memory=p, memory_scale=scale)
+    x, state = inputs()
+    x = x[:1]
+    outputs = []
+    for value in (0.0, 1.0 / (1.0 - p)):
+        masks = StepMasks(memory=torch.full((1, B, H), value, dtype=x.dtype))
+        outputs.append(layer.train()(x, state, masks)[0])
+    expected = (1 - p) * outputs[1] + p * outputs[0]
+    evaluated = layer.eval()(x, state)[0]
+    gap = (evaluated - expected).abs().max().item()
+    if scale is MemoryScale.on_output:
+        assert gap < 1e-12
+    else:
+        assert gap > 1e-2
 
 
 @pytest.mark.parametrize("path", ["fused", "loop"])

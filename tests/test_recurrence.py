@@ -7,6 +7,7 @@ import torch
 
 from rnnreg.recurrence import (
     InStepMasks,
+    MemoryForm,
     Recurrence,
     backward_through_time,
     forward_saving,
@@ -32,7 +33,7 @@ def masks_for(case: str, gen: torch.Generator) -> InStepMasks:
         masks["hidden"] = bernoulli((T, 4, B, H), 0.7, True, gen)
     if case in ("semeniuta", "composed"):
         masks["update"] = bernoulli((T, B, H), 0.75, True, gen)
-    if case in ("moon", "moon_carried", "composed"):
+    if case.startswith("moon") or case == "composed":
         masks["memory"] = bernoulli((1, B, H), 0.6, True, gen)
     if case in ("zoneout", "composed"):
         masks["zoneout_cell"] = bernoulli((T, B, H), 0.25, False, gen)
@@ -48,6 +49,8 @@ CASES = [
     "semeniuta",
     "moon",
     "moon_carried",
+    "moon_on_output",
+    "moon_carried_on_output",
     "zoneout",
     "composed",
 ]
@@ -68,7 +71,7 @@ def test_hand_written_backward_equals_autograd(case: str) -> None:
     gen = torch.Generator().manual_seed(CASES.index(case))
     leaves = inputs(case, gen)
     masks = masks_for(case, gen)
-    carried = case == "moon_carried"
+    carried = MemoryForm(carried="carried" in case, scale_on_output=case.endswith("on_output"))
     upstream = [
         torch.randn(s, generator=gen, dtype=torch.float64) for s in [(T, B, H), (B, H), (B, H)]
     ]
@@ -93,7 +96,7 @@ def test_gradcheck_of_the_composed_step() -> None:
     leaves = inputs("composed", gen)
     masks = masks_for("composed", gen)
     impl = Recurrence()
-    assert torch.autograd.gradcheck(lambda *xs: impl(*xs, masks, False), leaves)
+    assert torch.autograd.gradcheck(lambda *xs: impl(*xs, masks, MemoryForm()), leaves)
 
 
 def test_a_wrong_derivative_is_caught() -> None:
