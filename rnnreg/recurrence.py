@@ -96,6 +96,11 @@ def _gate_preactivations(
     return a.chunk(4, dim=1)
 
 
+def _on_carried_memory(z_m: torch.Tensor, memory: MemoryForm) -> torch.Tensor:
+    """The factor on the carried memory: z_m, or its 0/1 b_m with ``scale_on_output``."""
+    return (z_m != 0).to(z_m.dtype) if memory.scale_on_output else z_m
+
+
 def _cell(
     a_i: torch.Tensor,
     a_f: torch.Tensor,
@@ -114,20 +119,11 @@ def _cell(
     i, f, o = torch.sigmoid(a_i), torch.sigmoid(a_f), torch.sigmoid(a_o)
     g = torch.tanh(a_g)
     c_hat = torch.addcmul(f * c, i if z_u is None else i * z_u, g)
-    if z_m is not None and memory.scale_on_output:
-        if memory.carried:
-            c_hat = c_hat * (z_m != 0).to(c_hat.dtype)
-        tau = torch.tanh(c_hat)
-        h_new = o * tau * z_m
-    else:
-        if z_m is not None and memory.carried:
-            c_hat = c_hat * z_m
-            tau = torch.tanh(c_hat)
-        elif z_m is not None:
-            tau = torch.tanh(c_hat * z_m)
-        else:
-            tau = torch.tanh(c_hat)
-        h_new = o * tau
+    if z_m is not None and memory.carried:
+        c_hat = c_hat * _on_carried_memory(z_m, memory)
+    inside = z_m is not None and not (memory.carried or memory.scale_on_output)
+    tau = torch.tanh(c_hat * z_m if inside else c_hat)
+    h_new = o * tau * z_m if z_m is not None and memory.scale_on_output else o * tau
     c_new = c_hat if z_c is None else torch.lerp(c_hat, c, z_c)  # z c + (1 - z) ĉ
     if z_hh is not None:
         h_new = torch.lerp(h_new, h, z_hh)
@@ -220,10 +216,10 @@ def backward_through_time(
         dτ = dĥ ∘ o ∘ (1 - τ²)      dĉ = (1 - z^c) dc + dτ ∘ z_m   (z_m ∘ (…) if carried)
         δ_i = dĉ z_u g σ'(i)    δ_f = dĉ c_{t-1} σ'(f)    δ_g = dĉ z_u i (1 - g²)
         δ_o = dĥ τ σ'(o)        dc_{t-1} = z^c dc + dĉ ∘ f
-
-    With ``scale_on_output``, dĥ is first multiplied by z_m, and then
-    dĉ = (1 - z^c) dc + dτ   (b_m ∘ (…) if carried).
         d gx_t = δ_t            dU = Σ_t δ_tᵀ (h_{t-1} ∘ z_h)
+
+    With ``scale_on_output``, dĥ is first multiplied by z_m (ĥ = o ∘ τ ∘ z_m), and then
+    dĉ = (1 - z^c) dc + dτ   (b_m ∘ (…) if carried).
     """
     steps, batch, hidden = outputs.shape
     untied = masks.untied
@@ -237,18 +233,13 @@ def backward_through_time(
         z_c, z_hh, z_u, z_m = z.zoneout_cell, z.zoneout_hidden, z.update, z.memory
         dh_hat = dh if z_hh is None else dh * (1 - z_hh)
         dc_hat = dc if z_c is None else dc * (1 - z_c)
-        dh_out = dh_hat if z_m is None or not memory.scale_on_output else dh_hat * z_m
+        dh_out = dh_hat * z_m if z_m is not None and memory.scale_on_output else dh_hat
         d_tanh = dh_out * o * (1 - tau[t] * tau[t])
-        if z_m is None:
-            dc_hat = dc_hat + d_tanh
-        elif memory.scale_on_output:  # d_tanh already carries z_m
-            dc_hat = dc_hat + d_tanh
-            if memory.carried:
-                dc_hat = dc_hat * (z_m != 0).to(dc_hat.dtype)
-        elif memory.carried:
-            dc_hat = (dc_hat + d_tanh) * z_m
-        else:
-            dc_hat = dc_hat + d_tanh * z_m
+        if z_m is not None and not (memory.carried or memory.scale_on_output):
+            d_tanh = d_tanh * z_m  # τ = tanh(ĉ ∘ z_m)
+        dc_hat = dc_hat + d_tanh
+        if z_m is not None and memory.carried:
+            dc_hat = dc_hat * _on_carried_memory(z_m, memory)
         d_update = dc_hat if z_u is None else dc_hat * z_u
         delta = torch.stack(
             (
