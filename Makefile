@@ -30,7 +30,7 @@ LEDGER_DIR ?= outputs/ledger
 LEDGER_THREADS ?= 2
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-fast lint format run data bench sweep sweep-paper ledger-runs report rescore results record clean
+.PHONY: help setup test test-fast lint format run data bench sweep sweep-paper ledger-runs report rescore results record clean gpu-pack gpu-check
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -115,3 +115,9 @@ record: $(STAMP) ## add or refresh a run in the ledger: make record RUN=<run dir
 
 clean: ## remove .venv and caches (keeps outputs/ and data/)
 	rm -rf $(VENV) .pytest_cache .ruff_cache data/cache
+
+gpu-pack: ## put what gpu-check needs on a machine that fetches nothing in .gpu/ (wheels, PTB)
+	bash scripts/gpu_pack.sh
+
+gpu-check: ## on a GPU: the gpu tests, the bench at 3 sizes, zaremba_large; <= 9 min (one line without a GPU)
+	bash scripts/gpu_check.sh

@@ -71,6 +71,26 @@ class DatasetConfig:
             self.cache_dir = str(Path(self.cache_dir).expanduser().resolve())
 
 
+class CompileMode(str, Enum):
+    """``torch.compile``'s mode for the loop path: ``reduce-overhead`` replays CUDA graphs
+    (a GPU only), ``max-autotune`` also searches kernel configurations (slow to compile)."""
+
+    default = "default"
+    reduce_overhead = "reduce-overhead"
+    max_autotune = "max-autotune"
+
+
+class Precision(str, Enum):
+    """The arithmetic of every matrix product, both LSTM paths alike (rnnreg/precision.py):
+    ``fp32`` strict IEEE fp32 (the papers'; TF32 off for cuDNN and for matrix products),
+    ``tf32`` TF32 products on GPUs that have it, ``bf16`` autocast to bfloat16 with the
+    hand-written backward's accumulations in fp32."""
+
+    fp32 = "fp32"
+    tf32 = "tf32"
+    bf16 = "bf16"
+
+
 class InitScheme(str, Enum):
     """``uniform``: every parameter, biases included, from U(-init_range, init_range)
     (Zaremba, Gal). ``awd``: embedding and decoder weight from U(-init_range, init_range),
@@ -100,11 +120,16 @@ class ModelConfig:
     #: Compile the loop path's forward and hand-written backward with torch.compile:
     #: ~40 s on a CPU, then 0.99-1.04x instead of 0.81-0.89x of the fused speed at medium
     #: size (scripts/bench.py); on a GPU it fuses the step's many small kernels.
-    #: Evaluation runs eagerly. Turn off to debug, or for runs of a few minutes.
+    #: Training and evaluation alike, in blocks of ``compile_block`` steps, so that no
+    #: window length (variable BPTT, a short last window) compiles anew.
+    #: Turn off to debug, or for runs of a few minutes.
     compile: bool = True
+    compile_mode: CompileMode = CompileMode.default
+    #: Steps per compiled block of the loop (a window's remainder runs as single steps).
+    compile_block: int = 5
 
     def __post_init__(self) -> None:
-        for name in ("embedding_size", "hidden_size", "num_layers"):
+        for name in ("embedding_size", "hidden_size", "num_layers", "compile_block"):
             _check_positive("model", name, getattr(self, name))
         _check_positive("model", "init_range", self.init_range, allow_zero=True)
         if self.tie_weights and self.embedding_size != self.output_size:
@@ -247,6 +272,8 @@ class TrainerConfig:
     #: The run directory whose best weights a fine-tuning stage starts from.
     init_from: str | None = None
     device: Device = Device.auto
+    #: The arithmetic of the run (see :class:`Precision`); recorded in summary.json.
+    precision: Precision = Precision.fp32
     #: Continue the run found in the run directory (``hydra.run.dir=<dir>``).
     resume: bool = False
     #: Continue the run directory's checkpoint if there is one, else start anew (sweeps,

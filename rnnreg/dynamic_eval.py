@@ -81,29 +81,33 @@ def evaluate_dynamic(
         raise ValueError("dynamic evaluation runs on one stream: batch size 1")
     was_training = model.training
     model.eval()
-    params = dict(model.named_parameters())
-    original = {name: p.detach().clone() for name, p in params.items()}
+    names = [name for name, _ in model.named_parameters()]
+    params = [p for _, p in model.named_parameters()]
+    original = [p.detach().clone() for p in params]
     scale = torch.stack([m.mean() for m in ms.values()]).mean()
-    rates = {name: (m / scale).clamp(max=1 / decay) if decay > 0 else m for name, m in ms.items()}
-    nll_sum, tokens = 0.0, 0
+    rates = [(ms[n] / scale).clamp(max=1 / decay) if decay > 0 else ms[n] for n in names]
+    # the update's per-entry factors, computed once: η / (MS + ε) and λ r
+    step_sizes = [-lr / (ms[n] + epsilon) for n in names]
+    pulls = [decay * r for r in rates]
+    nll_sum = torch.zeros((), dtype=torch.float64, device=source.device)
+    tokens = 0
     state = model.init_state(1)
     try:
         for _, inputs, targets in windows(source, segment):
-            model.zero_grad(set_to_none=True)
+            model.zero_grad(set_to_none=False)
             loss, state = _segment_loss(model, inputs, targets, state)
-            nll_sum += loss.item() * targets.numel()  # scored before the update
+            nll_sum += loss.detach().double() * targets.numel()  # scored before the update
             tokens += targets.numel()
             loss.backward()
-            with torch.no_grad():
-                for name, p in params.items():  # both terms from θ_{j-1}
-                    step = decay * rates[name] * (original[name] - p)
-                    if p.grad is not None:
-                        step -= lr * p.grad / (ms[name] + epsilon)
-                    p.add_(step)
+            with torch.no_grad():  # both terms from θ_{j-1}, every parameter in one op each
+                grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+                toward = torch._foreach_sub(original, [p.detach() for p in params])
+                torch._foreach_mul_(toward, pulls)
+                torch._foreach_addcmul_(toward, grads, step_sizes)
+                torch._foreach_add_([p.detach() for p in params], toward)
     finally:
         with torch.no_grad():
-            for name, p in params.items():
-                p.copy_(original[name])
+            torch._foreach_copy_([p.detach() for p in params], original)
         model.zero_grad(set_to_none=True)
         model.train(was_training)
-    return Evaluation(nll_sum, tokens)
+    return Evaluation(nll_sum.item(), tokens)

@@ -32,13 +32,14 @@ def evaluate(model: LanguageModel, source: torch.Tensor, bptt: int) -> Evaluatio
     """Standard evaluation (every mask off) of the (T, B) ``source``.
 
     PPL = exp( (1/N) Σ_t Σ_b -log p(w_{t+1,b} | w_{≤t,b}) ), the hidden state carried
-    across windows from a zero state, N = (T - 1) B.
+    across windows from a zero state, N = (T - 1) B. The sum stays on the device (in
+    fp64) and is read once, at the end of the split.
     """
     was_training = model.training
     model.eval()
     try:
         state = model.init_state(source.size(1))
-        nll_sum = 0.0
+        nll_sum = torch.zeros((), dtype=torch.float64, device=source.device)
         tokens = 0
         for _, inputs, targets in windows(source, bptt):
             logits, state = model(inputs, state)
@@ -46,11 +47,11 @@ def evaluate(model: LanguageModel, source: torch.Tensor, bptt: int) -> Evaluatio
             nll = F.cross_entropy(
                 logits.reshape(-1, logits.size(-1)), targets.reshape(-1), reduction="sum"
             )
-            nll_sum += nll.item()
+            nll_sum += nll.double()
             tokens += targets.numel()
     finally:
         model.train(was_training)
-    return Evaluation(nll_sum, tokens)
+    return Evaluation(nll_sum.item(), tokens)
 
 
 @torch.no_grad()

@@ -4,7 +4,8 @@
     python -m rnnreg.ledger table                     (make results)
 
 ``record`` copies what matters of a run directory (summary.json, metrics.csv, the
-command's overrides) into ``results/runs/<name>.json``: a finished run, or a partial one
+command's overrides) into ``results/runs/<name>.json``, and the run's metrics.csv into
+``results/runs/<name>/`` (:mod:`rnnreg.ledger_curves` draws it): a finished run, or a partial one
 with its epoch, current validation perplexity and projected finish. ``table`` writes
 ``results/README.md`` from those files alone, each row beside the paper's number with
 the difference in percent and a verdict:
@@ -32,6 +33,7 @@ from typing import Any
 from rnnreg import PROJECT_ROOT, RnnregError
 from rnnreg.config import EXECUTION_SETTINGS
 from rnnreg.files import atomic_write_bytes
+from rnnreg.ledger_curves import curve_section, keep_metrics
 from rnnreg.report import Run, load_published, published_for
 
 RESULTS = PROJECT_ROOT / "results"
@@ -124,6 +126,7 @@ def entry_from_run(run_dir: Path, note: str | None = None) -> dict[str, Any]:
         "wall_time_s": summary.get("wall_time_s") if completed else elapsed,
         "tokens_per_s": summary.get("tokens_per_s"),
         "device": summary.get("device_name") or summary.get("device"),
+        "precision": run.precision,
         "cpu_model": summary.get("cpu_model"),
         "torch_version": summary.get("torch_version"),
         "git_commit": summary.get("git_commit"),
@@ -170,6 +173,7 @@ def record(
         note = json.loads(path.read_text()).get("note")
     entry = entry_from_run(run_dir, note)
     atomic_write_bytes(path, (json.dumps(entry, indent=2, sort_keys=True) + "\n").encode())
+    keep_metrics(run_dir, results, name)  # the curve behind the row
     return path
 
 
@@ -217,7 +221,7 @@ def table_rows(entries: dict[str, dict[str, Any]]) -> list[list[str]]:
             continue
         evaluations = ["standard"] + (["mc"] if e.get("test_ppl_mc") is not None else [])
         for evaluation in evaluations:
-            key = (e["dataset"], e["model"], e["variant"], "", evaluation)
+            key = (e["dataset"], e["model"], e["variant"], "", evaluation, "")
             paper = published_for(key, published) or {}
             p_val = float(paper["val_ppl"]) if paper.get("val_ppl") else None
             p_test = float(paper["test_ppl"]) if paper.get("test_ppl") else None
@@ -252,10 +256,21 @@ def table_rows(entries: dict[str, dict[str, Any]]) -> list[list[str]]:
                     verdict([d_val, d_test], confidence, e.get("note")),
                     f"{float(e['wall_time_s']) / 3600:.1f} h" if e.get("wall_time_s") else "–",
                     _num(e.get("tokens_per_s"), 0),
-                    f"{e.get('device')}, {e.get('cpu_model')}, torch {e.get('torch_version')}",
+                    f"{e.get('device')}, {e.get('precision') or 'fp32'}, {e.get('cpu_model')}, "
+                    f"torch {e.get('torch_version')}",
                 ]
             )
     return rows
+
+
+def paper_vals(entries: dict[str, dict[str, Any]]) -> dict[str, float | None]:
+    """Each entry's published validation perplexity (standard evaluation), if any."""
+    published, found = load_published(), {}
+    for name, e in entries.items():
+        key = (e["dataset"], e["model"], e["variant"], "", "standard", "")
+        paper = published_for(key, published) or {}
+        found[name] = float(paper["val_ppl"]) if paper.get("val_ppl") else None
+    return found
 
 
 def partial_rows(entries: dict[str, dict[str, Any]]) -> list[list[str]]:
@@ -275,7 +290,7 @@ def partial_rows(entries: dict[str, dict[str, Any]]) -> list[list[str]]:
                 _num(e.get("best_val_ppl")),
                 f"{remaining / 3600:.1f} h at the last epochs' rate" if remaining else "–",
                 _num(e.get("tokens_per_s"), 0),
-                f"{e.get('device')}, {e.get('cpu_model')}",
+                f"{e.get('device')}, {e.get('precision') or 'fp32'}, {e.get('cpu_model')}",
                 e["recorded"],
             ]
         )
@@ -337,6 +352,7 @@ def write_table(results: Path = RESULTS) -> Path:
         "recorded",
     ]
     lines += _markdown_table(header, partial) if partial else ["None."]
+    lines += curve_section(entries, results, paper_vals(entries))
     notes = [(name, e["note"]) for name, e in entries.items() if e.get("note")]
     if notes:
         lines += ["", "## Notes", ""] + [f"- `{name}`: {note}" for name, note in notes]

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from rnnreg.dropout_settings import InStepDropout, LSTMPath, MemoryScale
-from rnnreg.recurrence import MemoryForm, Recurrence, recurrence
+from rnnreg.recurrence import DEFAULT_BLOCK, MemoryForm, Recurrence
 from rnnreg.regularizers.layer_masks import StepMasks, draw_layer_masks
 from rnnreg.regularizers.masks import MCDropout
 from rnnreg.regularizers.weights import drop_weight
@@ -59,19 +59,22 @@ class LSTMLayer(nn.Module):
         if requested is LSTMPath.auto:
             requested = LSTMPath.loop if self.dropout.needs_loop else LSTMPath.fused
         self.path = requested
-        #: Training runs the recurrence with its hand-written backward (eager until
-        #: :meth:`compile_loop`); evaluation runs :func:`recurrence` without a graph.
+        #: Training runs the recurrence with its hand-written backward, evaluation without
+        #: a graph; both eager until :meth:`compile_loop`.
         self._trained = Recurrence()
 
-    def compile_loop(self, **options: Any) -> None:
-        """Train the loop's recurrence under ``torch.compile`` (no effect on the fused path).
-
-        Only passes that build a graph use it: evaluation (no grad) runs eagerly, so its
-        other batch sizes and window lengths cause no recompilation.
-        """
+    def compile_loop(self, block: int = DEFAULT_BLOCK, **options: Any) -> None:
+        """Run the loop's recurrence under ``torch.compile`` (no effect on the fused path),
+        in blocks of ``block`` steps (:class:`~rnnreg.recurrence.Recurrence`): training,
+        evaluation and every window length share the same compiled code."""
         if self.path is LSTMPath.loop:
             key = (self.dropout, self.input_size, self.hidden_size)
-            self._trained = Recurrence(options, key=key)
+            self._trained = Recurrence(options, key=key, block=block)
+
+    @property
+    def compilations(self) -> int:
+        """Graphs compiled for this layer's configuration (0 on the fused path or eager)."""
+        return self._trained.compilations if self.path is LSTMPath.loop else 0
 
     @property
     def loop_mode(self) -> str | None:
@@ -168,7 +171,7 @@ class LSTMLayer(nn.Module):
             else:
                 gx = per_gate.permute(1, 2, 0, 3).reshape(steps, batch, 4 * size)
         h0, c0 = state
-        run = self._trained if torch.is_grad_enabled() else recurrence
+        run = self._trained if torch.is_grad_enabled() else self._trained.infer
         outputs, h, c = run(
             gx,
             h0[0],

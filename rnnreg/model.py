@@ -19,8 +19,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from rnnreg.config import GateMasks, InitScheme, ModelConfig, VariantConfig
+from rnnreg.config import GateMasks, InitScheme, ModelConfig, Precision, VariantConfig
 from rnnreg.lstm import InStepDropout, LSTMLayer
+from rnnreg.precision import autocast
 from rnnreg.regularizers import ActivationDropout
 from rnnreg.regularizers.embedding import embed_with_type_dropout
 from rnnreg.regularizers.masks import MCDropout
@@ -49,9 +50,17 @@ def in_step_dropout(variant: VariantConfig, layer_index: int) -> InStepDropout:
 class LanguageModel(nn.Module):
     """An LSTM language model whose regularization is given by a :class:`VariantConfig`."""
 
-    def __init__(self, vocab_size: int, model: ModelConfig, variant: VariantConfig) -> None:
+    def __init__(
+        self,
+        vocab_size: int,
+        model: ModelConfig,
+        variant: VariantConfig,
+        precision: Precision = Precision.fp32,
+    ) -> None:
         super().__init__()
         self.vocab_size = vocab_size
+        #: Every forward runs under :func:`rnnreg.precision.autocast` of this precision.
+        self.precision = precision
         self.p_embedding = variant.p_embedding
         self.embedding_granularity = variant.embedding_granularity
         self.embedding = nn.Embedding(vocab_size, model.embedding_size)
@@ -62,8 +71,10 @@ class LanguageModel(nn.Module):
             for index, (n_in, n_out) in enumerate(zip(input_sizes, output_sizes, strict=True))
         )
         if model.compile:
+            mode = model.compile_mode.value
+            options = {} if mode == "default" else {"mode": mode}
             for layer in self.layers:
-                layer.compile_loop()
+                layer.compile_loop(block=model.compile_block, **options)
         untied = variant.gate_masks is GateMasks.untied
         granularity = variant.activation_granularity
         self.input_dropout = ActivationDropout(
@@ -92,6 +103,12 @@ class LanguageModel(nn.Module):
         if not modes:
             return None
         return modes.pop() if len(modes) == 1 else "mixed"
+
+    @property
+    def compilations(self) -> int:
+        """Graphs compiled for the loop path's layers (layers of one configuration share)."""
+        shared = {id(layer._trained.copies): layer for layer in self.layers}
+        return sum(layer.compilations for layer in shared.values())
 
     def reset_parameters(self, init_range: float, scheme: InitScheme = InitScheme.uniform) -> None:
         """Initialise as the papers do (see :class:`InitScheme`)."""
@@ -129,7 +146,28 @@ class LanguageModel(nn.Module):
         ``activations``, when given, receives the last layer's output before and after
         its output mask (for AR/TAR). ``mc`` (MC-dropout evaluation) keeps the masks on
         outside training; see :class:`~rnnreg.regularizers.masks.MCDropout`.
+        Under ``bf16`` the products run in bfloat16 (``rnnreg/precision.py``); the logits
+        and ``activations`` come back in fp32, so the loss is computed in fp32.
         """
+        if any(layer._trained.cudagraphs for layer in self.layers):
+            torch.compiler.cudagraph_mark_step_begin()  # a window: a new round of replays
+        with autocast(self.precision, tokens.device.type):
+            logits, new_state = self._forward(tokens, state, activations, mc)
+        if self.precision is Precision.bf16:
+            logits = logits.float()
+            if activations is not None:
+                assert activations.last is not None and activations.last_dropped is not None
+                activations.last = activations.last.float()
+                activations.last_dropped = activations.last_dropped.float()
+        return logits, new_state
+
+    def _forward(
+        self,
+        tokens: torch.Tensor,
+        state: State,
+        activations: Activations | None,
+        mc: MCDropout | None,
+    ) -> tuple[torch.Tensor, State]:
         embedded = embed_with_type_dropout(
             self.embedding,
             tokens,

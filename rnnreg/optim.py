@@ -64,23 +64,46 @@ class EpochSchedule:
         self.inner.load_state_dict(state)
 
 
+class FiniteSGD(torch.optim.Optimizer):
+    """Plain SGD whose step is skipped, on the device, when it is not finite:
+
+        p ← p − s η (g + λ p)   if ``finite``,   else p
+
+    with s the step's scale of the learning rate (AWD-LSTM's variable BPTT scales it by
+    L / bptt) and λ the weight decay. ``finite`` is a 0-dim bool tensor computed on the
+    device (rnnreg/trainer.py); the step reads nothing back to the host, so the trainer
+    never waits for the GPU, and a step with a non-finite loss or gradient leaves every
+    weight as it was. The arithmetic is ``torch.optim.SGD``'s (same ops, same order), and
+    its state_dict loads SGD's (checkpoints written before this class).
+    """
+
+    def __init__(
+        self, params: Iterable[torch.nn.Parameter], lr: float, weight_decay: float = 0.0
+    ) -> None:
+        super().__init__(params, {"lr": lr, "weight_decay": weight_decay})
+
+    @torch.no_grad()
+    def step(  # type: ignore[override]
+        self, closure: None = None, *, lr_scale: float = 1.0, finite: torch.Tensor | None = None
+    ) -> None:
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            grads = [p.grad for p in params]
+            if group["weight_decay"]:
+                grads = torch._foreach_add(grads, params, alpha=group["weight_decay"])
+            if finite is not None:  # a non-finite step adds 0 · (nothing) to every weight
+                grads = [torch.where(finite, g, 0.0) for g in grads]
+            torch._foreach_add_(params, grads, alpha=-group["lr"] * lr_scale)
+
+
 def build_optimizer(
     cfg: OptimConfig, parameters: Iterable[torch.nn.Parameter]
-) -> tuple[torch.optim.Optimizer, EpochSchedule]:
+) -> tuple[FiniteSGD, EpochSchedule]:
     """Plain SGD (with ``weight_decay`` at every step) and its per-epoch schedule."""
-    optimizer = torch.optim.SGD(list(parameters), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = FiniteSGD(list(parameters), lr=cfg.lr, weight_decay=cfg.weight_decay)
     return optimizer, EpochSchedule(cfg, optimizer)
-
-
-def step_with_lr_scale(optimizer: torch.optim.Optimizer, scale: float) -> None:
-    """One optimizer step at ``scale`` × every group's learning rate (AWD-LSTM's variable
-    BPTT scales it by L / bptt); the rates are put back afterwards."""
-    base_lrs = [group["lr"] for group in optimizer.param_groups]
-    for group in optimizer.param_groups:
-        group["lr"] *= scale
-    optimizer.step()
-    for group, lr in zip(optimizer.param_groups, base_lrs, strict=True):
-        group["lr"] = lr
 
 
 class NonMonotoneAveraging:
@@ -101,6 +124,7 @@ class NonMonotoneAveraging:
         self.history: list[float] = []
         self.averaged: torch.optim.swa_utils.AveragedModel | None = None
         self.switch_epoch: int | None = None
+        self.count = 0  # steps folded into the average
 
     @property
     def active(self) -> bool:
@@ -121,11 +145,23 @@ class NonMonotoneAveraging:
     def start(self, model: torch.nn.Module, epoch: int) -> None:
         self.averaged = torch.optim.swa_utils.AveragedModel(model)
         self.switch_epoch = epoch
+        self.count = 0
 
     def update(self, model: torch.nn.Module) -> None:
-        """Fold the weights after an optimizer step into the average."""
-        if self.averaged is not None:
-            self.averaged.update_parameters(model)
+        """Fold the weights after an optimizer step into the average: the first copied,
+        then w̄ ← w̄ + (w − w̄)/(n + 1) as one foreach lerp. The count n is kept on the host
+        (``AveragedModel.update_parameters`` reads its tensor count back at every step)
+        and mirrored into the container's ``n_averaged`` for its state_dict."""
+        if self.averaged is None:
+            return
+        averaged = [p.detach() for p in self.averaged.module.parameters()]
+        current = [p.detach() for p in model.parameters()]
+        if self.count == 0:
+            torch._foreach_copy_(averaged, current)
+        else:
+            torch._foreach_lerp_(averaged, current, 1.0 / (self.count + 1))
+        self.count += 1
+        self.averaged.n_averaged.fill_(self.count)
 
     def eval_model(self, model: torch.nn.Module) -> torch.nn.Module:
         """The weights to evaluate and save: the average once averaging has begun."""
@@ -145,3 +181,4 @@ class NonMonotoneAveraging:
         if state["averaged"] is not None:
             self.averaged = torch.optim.swa_utils.AveragedModel(model)
             self.averaged.load_state_dict(state["averaged"])
+            self.count = int(self.averaged.n_averaged)

@@ -181,32 +181,36 @@ def hparams_of(summary: dict[str, Any]) -> dict[str, Any]:
 
 
 class IntervalMeter:
-    """Training NLL, tokens, steps and seconds since the last log line."""
+    """Training NLL, tokens, steps, summed gradient norms and seconds since the last log
+    line, as read from the device (:class:`rnnreg.run_state.StepTotals`)."""
 
     def __init__(self) -> None:
         self.reset()
 
     def reset(self) -> None:
         self.nll, self.tokens, self.steps, self.start = 0.0, 0, 0, time.monotonic()
+        self.grad_norm = 0.0
 
-    def add(self, nll_sum: float, tokens: int) -> None:
+    def add(self, nll_sum: float, tokens: int, steps: int, grad_norm_sum: float) -> None:
         self.nll += nll_sum
         self.tokens += tokens
-        self.steps += 1
+        self.steps += steps
+        self.grad_norm += grad_norm_sum
 
     @property
     def ppl(self) -> float:
-        return math.exp(self.nll / max(self.tokens, 1))
+        return math.exp(min(self.nll / max(self.tokens, 1), 700.0))
 
     @property
     def tokens_per_s(self) -> float:
         return self.tokens / max(time.monotonic() - self.start, 1e-9)
 
-    def scalars(self, grad_norm: float, lr: float) -> dict[str, float]:
+    def scalars(self, lr: float) -> dict[str, float]:
+        """``train/grad_norm`` is the mean pre-clipping norm over the interval's steps."""
         return {
-            "train/loss": self.nll / self.tokens,
+            "train/loss": self.nll / max(self.tokens, 1),
             "train/ppl": self.ppl,
-            "train/grad_norm": grad_norm,
+            "train/grad_norm": self.grad_norm / max(self.steps, 1),
             "train/lr": lr,
             "train/tokens_per_s": self.tokens_per_s,
         }

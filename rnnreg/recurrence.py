@@ -83,6 +83,50 @@ class InStepMasks(NamedTuple):
         """The masks of step ``t``."""
         return InStepMasks(*(_at(mask, t) for mask in self))
 
+    def steps(self, start: int, stop: int) -> InStepMasks:
+        """The masks of steps ``start .. stop-1`` (a time-constant mask stays as it is)."""
+        return InStepMasks(*(_steps_of(mask, start, stop) for mask in self))
+
+
+def _steps_of(mask: Mask, start: int, stop: int) -> Mask:
+    if mask is None:
+        return mask
+    return block_input(mask, time_major=True) if mask.size(0) == 1 else piece(mask, start, stop)
+
+
+def piece(tensor: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+    """Steps ``start .. stop-1`` of ``tensor`` as a compiled block's input (see
+    :func:`block_input`); a part is a tensor of its own: a view would carry its storage
+    offset into dynamo's guards, one compilation per offset."""
+    part = tensor.detach()
+    if not (start == 0 and stop == tensor.size(0)):
+        part = part[start:stop].clone()
+    return block_input(part, time_major=True)
+
+
+def _state(h: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(h, c) or their gradients, (B, H) each, as a compiled block's inputs."""
+    return block_input(h, time_major=False), block_input(c, time_major=False)
+
+
+def whole(tensor: torch.Tensor) -> torch.Tensor:
+    """All of a time-major ``tensor`` as a compiled block's input (see :func:`piece`)."""
+    return piece(tensor, 0, tensor.size(0))
+
+
+def block_input(tensor: torch.Tensor, time_major: bool) -> torch.Tensor:
+    """``tensor``, detached, with the shape hints that keep the compiled code general:
+    the time dimension static (a block's length, K or 1: automatic dynamic shapes would
+    make it symbolic once both were seen) and the batch dimensions (all but time and the
+    last) dynamic, so training, validation, test and MC batch sizes share one graph."""
+    part = tensor.detach()
+    if time_major:
+        torch._dynamo.mark_static(part, 0)
+    for dim in range(1 if time_major else 0, part.dim() - 1):
+        if part.size(dim) > 1:
+            torch._dynamo.maybe_mark_dynamic(part, dim)
+    return part
+
 
 def _gate_preactivations(
     gx_t: torch.Tensor, h: torch.Tensor, weight_hh: torch.Tensor, z_h: Mask, untied: bool
@@ -220,11 +264,40 @@ def backward_through_time(
 
     With ``scale_on_output``, dĥ is first multiplied by z_m (ĥ = o ∘ τ ∘ z_m), and then
     dĉ = (1 - z^c) dc + dτ   (b_m ∘ (…) if carried).
+
+    The steps are :func:`backward_steps` (one window or, compiled, block by block) and
+    the weight gradient is :func:`weight_gradient`, one product over all T·B rows.
     """
-    steps, batch, hidden = outputs.shape
+    deltas, dh, dc = backward_steps(
+        d_outputs, d_h, d_c, gates, c_prev, tau, weight_hh, masks, memory
+    )
+    d_gx, d_weight = weight_gradient(deltas, h0, outputs, masks)
+    return d_gx, dh, dc, d_weight
+
+
+def backward_steps(
+    d_outputs: torch.Tensor,
+    d_h: torch.Tensor,
+    d_c: torch.Tensor,
+    gates: torch.Tensor,
+    c_prev: torch.Tensor,
+    tau: torch.Tensor,
+    weight_hh: torch.Tensor,
+    masks: InStepMasks,
+    memory: MemoryForm,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The steps of :func:`backward_through_time` over the given steps, last first.
+
+    Returns (δ, dh, dc): δ (T, 4, B, H) gate-major when untied, else (T, B, 4, H), and the
+    gradients reaching the state before the first step, accumulated in fp32 (or the
+    inputs' own wider dtype) whatever the precision of the saved activations.
+    """
+    steps = d_outputs.size(0)
     untied = masks.untied
+    hidden = d_outputs.size(-1)
     u_gates = weight_hh.view(4, hidden, hidden)
-    dh, dc = d_h, d_c
+    wide = torch.promote_types(d_h.dtype, torch.float32)
+    dh, dc = d_h.to(wide), d_c.to(wide)
     deltas = []
     for t in range(steps - 1, -1, -1):
         dh = dh + d_outputs[t]
@@ -258,25 +331,53 @@ def backward_through_time(
         if untied:
             dh_next = (torch.bmm(delta, u_gates) * z_h).sum(0)
         else:
-            dh_next = torch.mm(delta.view(batch, 4 * hidden), weight_hh)
+            dh_next = torch.mm(delta.reshape(delta.size(0), 4 * hidden), weight_hh)
             if z_h is not None:
                 dh_next = dh_next * z_h
         if z_hh is not None:
             dh_next = dh_next + dh * z_hh
-        dh, dc = dh_next, dc_next
-    delta_all = torch.stack(deltas[::-1])  # (T, 4, B, H) untied, else (T, B, 4, H)
-    h_prev = torch.cat((h0.unsqueeze(0), outputs[:-1]))  # (T, B, H)
-    if untied:
+        dh, dc = dh_next.to(wide), dc_next.to(wide)
+    return torch.stack(deltas[::-1]), dh, dc
+
+
+def weight_gradient(
+    deltas: torch.Tensor, h0: torch.Tensor, outputs: torch.Tensor, masks: InStepMasks
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(d gx, dU) from the window's δ: dU = Σ_t δ_tᵀ (h_{t-1} ∘ z_h), one product over all
+    T·B rows (per gate, as a batched product, when untied), accumulated in fp32."""
+    steps, batch, hidden = outputs.shape
+    h_prev = torch.cat((h0.unsqueeze(0).to(outputs.dtype), outputs[:-1]))  # (T, B, H)
+    wide = torch.promote_types(deltas.dtype, torch.float32)
+    if masks.untied:
         hz = (h_prev.unsqueeze(1) * masks.hidden).transpose(0, 1).reshape(4, steps * batch, hidden)
         d_weight = torch.bmm(
-            delta_all.transpose(0, 1).reshape(4, steps * batch, hidden).transpose(1, 2), hz
+            deltas.transpose(0, 1).reshape(4, steps * batch, hidden).transpose(1, 2).to(wide),
+            hz.to(wide),
         ).reshape(4 * hidden, hidden)
-        d_gx = delta_all
-    else:
-        hz = h_prev if masks.hidden is None else h_prev * masks.hidden
-        d_gx = delta_all.view(steps, batch, 4 * hidden)
-        d_weight = d_gx.reshape(steps * batch, 4 * hidden).t() @ hz.reshape(steps * batch, hidden)
-    return d_gx, dh, dc, d_weight
+        return deltas, d_weight
+    hz = h_prev if masks.hidden is None else h_prev * masks.hidden
+    d_gx = deltas.reshape(steps, batch, 4 * hidden)
+    rows = d_gx.reshape(steps * batch, 4 * hidden).to(wide)
+    d_weight = rows.t() @ hz.reshape(steps * batch, hidden).to(wide)
+    return d_gx, d_weight
+
+
+class _Autocast(NamedTuple):
+    """The autocast state a forward ran under, for its backward (autograd runs the backward
+    outside the forward's context)."""
+
+    device_type: str
+    enabled: bool
+    dtype: torch.dtype
+
+    @classmethod
+    def current(cls, tensor: torch.Tensor) -> _Autocast:
+        kind = tensor.device.type
+        return cls(kind, torch.is_autocast_enabled(kind), torch.get_autocast_dtype(kind))
+
+    def __call__(self, enabled: bool | None = None) -> torch.autocast:
+        on = self.enabled if enabled is None else enabled and self.enabled
+        return torch.autocast(self.device_type, dtype=self.dtype, enabled=on)
 
 
 class _RecurrenceFunction(torch.autograd.Function):
@@ -290,36 +391,55 @@ class _RecurrenceFunction(torch.autograd.Function):
         weight_hh: torch.Tensor,
         *masks_and_flag: Any,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        *masks, memory = masks_and_flag  # flat, so that autograd sees every tensor
-        outputs, h, c, gates, c_prev, tau = impl._run(
-            "forward", gx, h0, c0, weight_hh, InStepMasks(*masks), memory
-        )
-        ctx.impl = impl
-        ctx.memory = memory
-        ctx.mask_count = len(masks)
-        ctx.save_for_backward(h0, outputs, gates, c_prev, tau, weight_hh, *masks)
+        *flat_masks, memory = masks_and_flag  # flat, so that autograd sees every tensor
+        masks = InStepMasks(*flat_masks)
+        spans = impl.spans(gx.size(0))
+        h, c, pieces, saved = h0.detach(), c0.detach(), [], []
+        for first, stop in spans:
+            out, h, c, *kept = impl._run(
+                "forward",
+                piece(gx, first, stop),
+                *_state(h, c),
+                weight_hh,
+                masks.steps(first, stop),
+                memory,
+            )
+            pieces.append(out)
+            saved.extend(kept)  # gates, c_prev, tau of the block
+        outputs = pieces[0] if len(pieces) == 1 else torch.cat(pieces)
+        ctx.impl, ctx.memory, ctx.spans = impl, memory, spans
+        ctx.mask_count = len(flat_masks)
+        ctx.autocast = _Autocast.current(gx)
+        ctx.save_for_backward(h0, outputs, weight_hh, *flat_masks, *saved)
         return outputs, h.clone(), c
 
     @staticmethod
     def backward(  # type: ignore[override]
         ctx: Any, d_outputs: torch.Tensor, d_h: torch.Tensor, d_c: torch.Tensor
     ) -> tuple[Any, ...]:
-        h0, outputs, gates, c_prev, tau, weight_hh, *masks = ctx.saved_tensors
-        d_gx, d_h0, d_c0, d_weight = ctx.impl._run(
-            "backward",
-            d_outputs.contiguous(),
-            d_h,
-            d_c,
-            h0,
-            outputs,
-            gates,
-            c_prev,
-            tau,
-            weight_hh,
-            InStepMasks(*masks),
-            ctx.memory,
-        )
-        return (None, d_gx, d_h0, d_c0, d_weight, *([None] * (ctx.mask_count + 1)))
+        h0, outputs, weight_hh, *rest = ctx.saved_tensors
+        masks = InStepMasks(*rest[: ctx.mask_count])
+        saved = rest[ctx.mask_count :]
+        d_outputs = d_outputs.contiguous()
+        deltas: list[torch.Tensor] = []
+        dh, dc = d_h, d_c
+        with ctx.autocast():  # the step's products at the forward's precision
+            for index in range(len(ctx.spans) - 1, -1, -1):
+                first, stop = ctx.spans[index]
+                delta, dh, dc = ctx.impl._run(
+                    "backward",
+                    piece(d_outputs, first, stop),
+                    *_state(dh, dc),
+                    *(whole(t) for t in saved[3 * index : 3 * index + 3]),
+                    weight_hh,
+                    masks.steps(first, stop),
+                    ctx.memory,
+                )
+                deltas.append(delta)
+        all_deltas = deltas[0] if len(deltas) == 1 else torch.cat(deltas[::-1])
+        with ctx.autocast(enabled=False):  # Σ over T·B rows in fp32
+            d_gx, d_weight = weight_gradient(all_deltas, h0, outputs, masks)
+        return (None, d_gx, dh, dc, d_weight, *([None] * (ctx.mask_count + 1)))
 
 
 def _own_copy(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -335,54 +455,125 @@ def _own_copy(fn: Callable[..., Any]) -> Callable[..., Any]:
     )
 
 
-#: Compiled (forward, backward) per configuration key, shared by the layers that match it.
-_COMPILED: dict[Hashable, tuple[Callable[..., Any], Callable[..., Any]]] = {}
+#: What a recurrence runs: the forward that saves for the backward, the backward's steps,
+#: and the forward without a graph (evaluation).
+_ROLES: dict[str, Callable[..., Any]] = {
+    "forward": forward_saving,
+    "backward": backward_steps,
+    "infer": recurrence,
+}
+
+#: The compiled roles per configuration key, shared by the layers that match it, with the
+#: plain copies whose code objects hold dynamo's cache (to count compilations).
+_COMPILED: dict[Hashable, tuple[dict[str, Callable[..., Any]], list[Callable[..., Any]]]] = {}
+
+#: Steps per compiled block: compiled code sees blocks of this many steps, and single
+#: steps for a window's remainder, whatever the window's length (docs/performance.md).
+DEFAULT_BLOCK = 5
 
 
 class Recurrence:
     """:func:`recurrence` with the hand-written backward of :func:`backward_through_time`.
 
-    ``compile_options`` (a dict, possibly empty) compiles the forward and the backward
-    with ``torch.compile``; ``None`` runs them eagerly. Layers giving the same ``key``
-    (their configuration) share one compiled pair; each key has its own compile cache.
-    If compilation gives up (the recompile limit is hit), the recurrence logs a warning
-    and runs eagerly from then on: :attr:`mode` says ``eager`` instead of ``compiled``.
+    ``compile_options`` (a dict, possibly empty) compiles the forward, the backward's
+    steps and the graph-free forward of evaluation with ``torch.compile``; ``None`` runs
+    them eagerly, over the whole window. Compiled, a window of T steps runs as ⌊T/K⌋
+    blocks of K = ``block`` steps and T mod K single steps, carrying (h, c) from one to
+    the next: the same equations in the same order, and code that does not depend on T,
+    so variable BPTT, a short last window and evaluation reuse the same compilations.
+    The weight gradient stays one product over the whole window.
+
+    Layers giving the same ``key`` (their configuration) share one compiled set; each key
+    has its own compile cache. If compilation gives up (the recompile limit is hit), the
+    recurrence logs a warning and runs eagerly from then on: :attr:`mode` says ``eager``.
     """
 
-    def __init__(self, compile_options: dict[str, Any] | None = None, key: Hashable = None) -> None:
-        self.forward_fn: Callable[..., tuple[torch.Tensor, ...]] = forward_saving
-        self.backward_fn: Callable[..., tuple[torch.Tensor, ...]] = backward_through_time
+    def __init__(
+        self,
+        compile_options: dict[str, Any] | None = None,
+        key: Hashable = None,
+        block: int = DEFAULT_BLOCK,
+    ) -> None:
+        if block < 1:
+            raise ValueError(f"a compiled block needs at least one step, got {block}")
+        self.fns: dict[str, Callable[..., Any]] = dict(_ROLES)
+        self.copies: list[Callable[..., Any]] = []
         self.compiled = compile_options is not None
+        self.block = block
+        #: CUDA graphs (``mode="reduce-overhead"``): a replay overwrites the outputs of the
+        #: one before, and a window replays each block's graph several times, so what a
+        #: block returns is copied out (:meth:`_run`).
+        self.cudagraphs = (compile_options or {}).get("mode") == "reduce-overhead"
         if compile_options is not None:
-            cache_key = (key, tuple(sorted(compile_options.items())))
+            cache_key = (key, block, tuple(sorted(compile_options.items())))
             if cache_key not in _COMPILED:
-                _COMPILED[cache_key] = (
-                    torch.compile(_own_copy(forward_saving), **compile_options),
-                    torch.compile(_own_copy(backward_through_time), **compile_options),
-                )
-            self.forward_fn, self.backward_fn = _COMPILED[cache_key]
+                copies = {role: _own_copy(fn) for role, fn in _ROLES.items()}
+                compiled = {
+                    role: torch.compile(fn, **compile_options) for role, fn in copies.items()
+                }
+                _COMPILED[cache_key] = (compiled, list(copies.values()))
+            self.fns, self.copies = dict(_COMPILED[cache_key][0]), _COMPILED[cache_key][1]
 
     @property
     def mode(self) -> str:
         """``compiled`` or ``eager`` (never compiled, or fell back)."""
         return "compiled" if self.compiled else "eager"
 
+    @property
+    def compilations(self) -> int:
+        """Graphs dynamo holds for this recurrence's configuration (0 when eager)."""
+        from torch._dynamo.eval_frame import _get_total_cache_entry_count
+
+        return sum(_get_total_cache_entry_count(fn.__code__) for fn in self.copies)
+
+    def spans(self, steps: int) -> list[tuple[int, int]]:
+        """The (first, stop) steps of each piece a window of ``steps`` runs as."""
+        if not self.compiled:
+            return [(0, steps)]
+        whole = steps - steps % self.block
+        blocks = [(t, t + self.block) for t in range(0, whole, self.block)]
+        return blocks + [(t, t + 1) for t in range(whole, steps)]
+
     def _run(self, which: str, *args: Any) -> tuple[torch.Tensor, ...]:
-        fn = self.forward_fn if which == "forward" else self.backward_fn
+        fn = self.fns[which]
         if not self.compiled:
             return fn(*args)
         try:
             with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):
-                return fn(*args)
+                result = fn(*args)
+            return tuple(t.clone() for t in result) if self.cudagraphs else result
         except torch._dynamo.exc.FailOnRecompileLimitHit:
             log.warning(
                 "torch.compile hit its recompile limit for this LSTM layer's %s; the loop "
                 "path now runs eagerly (slower; summary field loop_mode=eager)",
                 which,
             )
-            self.compiled = False
-            self.forward_fn, self.backward_fn = forward_saving, backward_through_time
+            self.compiled = self.cudagraphs = False
+            self.fns = dict(_ROLES)
             return self._run(which, *args)
+
+    def infer(
+        self,
+        gx: torch.Tensor,
+        h: torch.Tensor,
+        c: torch.Tensor,
+        weight_hh: torch.Tensor,
+        masks: InStepMasks,
+        memory: MemoryForm,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:func:`recurrence` without a graph (evaluation), block by block when compiled."""
+        pieces = []
+        for first, stop in self.spans(gx.size(0)):
+            out, h, c = self._run(
+                "infer",
+                piece(gx, first, stop),
+                *_state(h, c),
+                weight_hh,
+                masks.steps(first, stop),
+                memory,
+            )
+            pieces.append(out)
+        return (pieces[0] if len(pieces) == 1 else torch.cat(pieces)), h, c
 
     def __call__(
         self,
@@ -393,7 +584,7 @@ class Recurrence:
         masks: InStepMasks,
         memory: MemoryForm,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Same inputs and outputs as :func:`recurrence`."""
+        """Same inputs and outputs as :func:`recurrence`, differentiable."""
         return _RecurrenceFunction.apply(
             self,
             gx,

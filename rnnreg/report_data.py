@@ -18,7 +18,7 @@ from typing import Any
 
 from rnnreg.significance import Comparison, compare_to_reference, mean_interval
 
-Key = tuple[str, str, str, str, str]  # dataset, model, variant, budget, evaluation
+Key = tuple[str, str, str, str, str, str]  # dataset, model, variant, budget, evaluation, precision
 #: The evaluations a summary can hold, and the suffix of their fields (``test_ppl_mc``).
 EVALUATION_SUFFIX = {"standard": "", "mc": "_mc", "cache": "_cache", "dynamic": "_dynamic"}
 #: Epochs of the papers' protocols per model (docs/protocols.md): a shorter budget ranks
@@ -31,6 +31,7 @@ REPORT_COLUMNS = (
     "variant",
     "budget",
     "evaluation",
+    "precision",
     "runs",
     "seeds",
     "val_mean",
@@ -87,6 +88,17 @@ class Run:
         epochs = self.summary.get("epochs_planned", trainer.get("epochs"))
         return f"{epochs} epoch{'' if epochs == 1 else 's'}"
 
+    @property
+    def precision(self) -> str:
+        """``trainer.precision``; for a run from before it was recorded, what PyTorch's
+        defaults gave: IEEE fp32, except cuDNN's TF32 on a GPU's fused path."""
+        if self.summary.get("precision"):
+            return str(self.summary["precision"])
+        on_gpu = str(self.summary.get("device", "cpu")).startswith("cuda")
+        if on_gpu and self.summary.get("lstm_path") in ("fused", "mixed"):
+            return "tf32 (cuDNN default, unrecorded)"
+        return "fp32"
+
     def key(self, evaluation: str) -> Key:
         s = self.summary
         return (
@@ -95,6 +107,7 @@ class Run:
             self.variant_label,
             self.budget,
             evaluation,
+            self.precision,
         )
 
     def metrics(self) -> list[dict[str, str]]:
@@ -151,7 +164,7 @@ def load_published(path: Path = PUBLISHED) -> list[dict[str, str]]:
 
 def published_for(key: Key, rows: list[dict[str, str]]) -> dict[str, str] | None:
     """The first published row for this dataset, model, variant and evaluation."""
-    dataset, model, variant, _budget, evaluation = key
+    dataset, model, variant, _budget, evaluation, _precision = key
     for row in rows:
         if (row["dataset"], row["model"], row["variant"], row["evaluation"]) == (
             dataset,
@@ -187,6 +200,7 @@ def summarise(group: Group, published: list[dict[str, str]]) -> dict[str, Any]:
         "variant": group.key[2],
         "budget": group.key[3],
         "evaluation": group.key[4],
+        "precision": group.key[5],
         "runs": len(group.runs),
         "seeds": " ".join(str(s) for s in sorted({r.summary.get("seed") for r in group.runs})),
         "val_mean": val_mean,
@@ -217,7 +231,7 @@ def summarise(group: Group, published: list[dict[str, str]]) -> dict[str, Any]:
     }
 
 
-Setting = tuple[str, str, str, str]  # dataset, model, budget, evaluation
+Setting = tuple[str, str, str, str, str]  # dataset, model, budget, evaluation, precision
 
 
 def compare_groups(
@@ -227,15 +241,15 @@ def compare_groups(
     gain ``reference``, ``test_minus_reference`` and ``p_holm``."""
     values: dict[Setting, dict[str, list[float]]] = defaultdict(dict)
     for group in groups:
-        dataset, model, variant, budget, evaluation = group.key
-        values[(dataset, model, budget, evaluation)][variant] = group.values("test_ppl")
+        dataset, model, variant, budget, evaluation, precision = group.key
+        values[(dataset, model, budget, evaluation, precision)][variant] = group.values("test_ppl")
     comparisons = {
         setting: found
         for setting, by_variant in sorted(values.items())
         if (found := compare_to_reference(by_variant, reference))
     }
     for row in rows:
-        setting = (row["dataset"], row["model"], row["budget"], row["evaluation"])
+        setting = (row["dataset"], row["model"], row["budget"], row["evaluation"], row["precision"])
         for c in comparisons.get(setting, []):
             if c.variant == row["variant"]:
                 row["reference"], row["test_minus_reference"] = reference, c.difference

@@ -67,10 +67,10 @@ def write_markdown(
         "corrected by Holm's method over the variants of the setting; `†` marks p < 0.05. "
         "`*` marks a published number of low confidence (quoted from memory; verify).",
         "",
-        "| dataset | model | variant | budget | eval | runs (seeds) | val ppl | test ppl "
-        "| test 95% CI | vs ref (p) | best run (val / test) | tokens/s | LSTM path | params "
-        "| paper (val / test) | test − paper |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| dataset | model | variant | budget | eval | precision | runs (seeds) | val ppl "
+        "| test ppl | test 95% CI | vs ref (p) | best run (val / test) | tokens/s | LSTM path "
+        "| params | paper (val / test) | test − paper |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         star = "*" if r["paper_confidence"] == "low" else ""
@@ -84,7 +84,7 @@ def write_markdown(
         )
         lines.append(
             f"| {r['dataset']} | {r['model']} | {r['variant']} | {r['budget']} "
-            f"| {r['evaluation']} | "
+            f"| {r['evaluation']} | {r['precision']} | "
             f"{r['runs']} ({r['seeds']}) | {_pm(r['val_mean'], r['val_std'])} | "
             f"{_pm(r['test_mean'], r['test_std'])} | {_ci(r)} | {_vs(r)} | "
             f"`{Path(r['best_run']).name}` "
@@ -92,10 +92,11 @@ def write_markdown(
             f"{r['lstm_path']} | {_fmt(r['params'])} | {paper} | {_fmt(r['test_minus_paper'])} |"
         )
     for setting, found in (comparisons or {}).items():
-        dataset, model, budget, evaluation = setting
+        dataset, model, budget, evaluation, precision = setting
         lines += [
             "",
-            f"## {dataset} / {model} / {budget} / {evaluation}: against `{found[0].reference}`",
+            f"## {dataset} / {model} / {budget} / {evaluation} / {precision}: against "
+            f"`{found[0].reference}`",
             "",
         ]
         note = budget_note(model, budget)

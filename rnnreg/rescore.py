@@ -38,6 +38,7 @@ from rnnreg.dynamic_eval import evaluate_dynamic, gradient_statistics
 from rnnreg.evaluate import evaluate
 from rnnreg.files import atomic_write_bytes
 from rnnreg.model import LanguageModel
+from rnnreg.precision import apply_precision
 from rnnreg.records import BEST, LAST, TensorBoard, load_checkpoint
 
 
@@ -76,7 +77,8 @@ def rescore(run_dir: Path, overrides: list[str], grid: bool) -> dict[str, Any]:
         torch.set_num_threads(run.trainer.threads)
     corpus = load_corpus(run.dataset)
     model_cfg = dataclasses.replace(run.model, compile=False)
-    model = LanguageModel(corpus.vocab_size, model_cfg, run.variant)
+    apply_precision(run.trainer.precision)
+    model = LanguageModel(corpus.vocab_size, model_cfg, run.variant, run.trainer.precision)
     model.load_state_dict(weights)
     model.eval()
     streams = {"val": batchify(corpus.valid, 1), "test": batchify(corpus.test, 1)}

@@ -13,8 +13,6 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from rnnreg import RnnregError
 from rnnreg.config import EXECUTION_SETTINGS
 from rnnreg.records import LAST, load_checkpoint, previous_checkpoint
@@ -28,6 +26,8 @@ log = logging.getLogger(__name__)
 RESUMABLE_CHANGES = (
     *(f"trainer.{name}" for name in (*EXECUTION_SETTINGS, "epochs", "max_steps")),
     "model.compile",
+    "model.compile_mode",
+    "model.compile_block",
     "model.lstm_impl",
     "dataset.data_dir",
     "dataset.cache_dir",
@@ -100,12 +100,14 @@ def should_resume(run_dir: Path, resume: bool, auto_resume: bool) -> bool:
     return resume or found
 
 
-def load_resumable(
-    run_dir: Path, config: dict[str, Any], device: torch.device
-) -> tuple[Path, dict[str, Any]]:
+def load_resumable(run_dir: Path, config: dict[str, Any]) -> tuple[Path, dict[str, Any]]:
     """The newest checkpoint of ``run_dir`` that loads (one logged line for each one
     passed over), refused with one line if its config differs from ``config`` in a
-    setting outside :data:`RESUMABLE_CHANGES`."""
+    setting outside :data:`RESUMABLE_CHANGES`.
+
+    It is loaded on the CPU, whatever device wrote it or will continue it: the run's parts
+    move what they restore onto their device, and the random generators' states stay the
+    CPU ByteTensors that torch restores them from (``TrainedParts.load_state_dict``)."""
     candidates = resumable_checkpoints(run_dir / "checkpoints")
     if not candidates:
         raise RnnregError(
@@ -115,7 +117,7 @@ def load_resumable(
     failures = []
     for path in candidates:
         try:
-            ckpt = load_checkpoint(path, map_location=device)
+            ckpt = load_checkpoint(path, map_location="cpu")
             break
         except RnnregError as exc:
             failures.append(path)

@@ -8,7 +8,6 @@ resumed. ``summary.json`` is :func:`run_summary`.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import random
@@ -74,15 +73,19 @@ class TrainingProgress:
     def start_epoch(self) -> None:
         self.epoch_nll, self.epoch_tokens, self.epoch_seconds = 0.0, 0, 0.0
 
-    def add_step(self, nll_sum: float, tokens: int, seconds: float, rows: int) -> None:
-        """One optimizer step over ``rows`` rows of the (T, B) training data."""
+    def add_step(self, tokens: int, rows: int) -> None:
+        """One optimizer step over ``rows`` rows of the (T, B) training data; its NLL and
+        time arrive with :meth:`add_totals` when the device's sums are read."""
         self.step += 1
         self.position += rows
-        self.epoch_nll += nll_sum
         self.epoch_tokens += tokens
+        self.train_tokens += tokens
+
+    def add_totals(self, nll_sum: float, seconds: float) -> None:
+        """The summed NLL of the steps since the last read, and their wall time."""
+        self.epoch_nll += nll_sum
         self.epoch_seconds += seconds
         self.train_seconds += seconds
-        self.train_tokens += tokens
 
     def end_epoch(self, val_ppl: float) -> bool:
         """Count the epoch; True when its validation is the best so far."""
@@ -96,7 +99,48 @@ class TrainingProgress:
 
     @property
     def epoch_ppl(self) -> float:
-        return math.exp(self.epoch_nll / max(self.epoch_tokens, 1))
+        return math.exp(min(self.epoch_nll / max(self.epoch_tokens, 1), 700.0))
+
+
+class StepTotals:
+    """What the steps since the last read add up to, kept on the device so that a step
+    never waits for it: the summed NLL, the summed gradient norm, and the first step whose
+    loss or gradient was not finite (0: none). :meth:`read` synchronises once."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.reset()
+
+    def reset(self) -> None:
+        zero = torch.zeros((), dtype=torch.float64, device=self.device)
+        self.nll, self.grad_norm = zero, zero.clone()
+        self.bad_step = torch.zeros((), dtype=torch.int64, device=self.device)
+        self.steps, self.tokens = 0, 0
+
+    def add(
+        self,
+        nll_sum: torch.Tensor,
+        grad_norm: torch.Tensor,
+        finite: torch.Tensor,
+        step: int,
+        tokens: int,
+    ) -> None:
+        self.nll = self.nll + nll_sum.detach().double()
+        self.grad_norm = self.grad_norm + grad_norm.detach().double()
+        first = (self.bad_step == 0) & ~finite
+        self.bad_step = torch.where(first, step, self.bad_step)
+        self.steps += 1
+        self.tokens += tokens
+
+    def read(self) -> tuple[float, float, int | None, int, int]:
+        """(NLL sum, gradient-norm sum, first non-finite step or None, steps, tokens), and
+        start over."""
+        nll, grad_norm, bad = torch.stack(
+            (self.nll, self.grad_norm, self.bad_step.double())
+        ).tolist()
+        steps, tokens = self.steps, self.tokens
+        self.reset()
+        return nll, grad_norm, int(bad) or None, steps, tokens
 
 
 @dataclass
@@ -113,15 +157,15 @@ class TrainedParts:
     @classmethod
     def build(cls, run: RunConfig, vocab_size: int, device: torch.device) -> TrainedParts:
         """A freshly initialised model (from the current seed) and its optimizer."""
-        model_cfg = run.model
-        if run.trainer.variable_bptt:  # each new window length would compile the loop again
-            model_cfg = dataclasses.replace(model_cfg, compile=False)
-        model = LanguageModel(vocab_size, model_cfg, run.variant).to(device)
-        if run.model.compile and run.trainer.variable_bptt and model.lstm_path != "fused":
-            log.info("variable BPTT: the loop path trains eagerly, not compiled")
+        model = LanguageModel(vocab_size, run.model, run.variant, run.trainer.precision)
+        model = model.to(device)
         optimizer, schedule = build_optimizer(run.optim, model.parameters())
         averaging = NonMonotoneAveraging(run.optim.nonmono)
         return cls(model, optimizer, schedule, averaging, random.Random(run.seed))
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.decoder.weight.device
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -129,11 +173,13 @@ class TrainedParts:
             "optimizer": self.optimizer.state_dict(),
             "schedule": self.schedule.state_dict(),
             "averaging": self.averaging.state_dict(),
-            "rng": rng_state(),
+            "rng": rng_state(self.device),
             "length_rng": self.length_rng.getstate(),
         }
 
     def load_state_dict(self, ckpt: dict[str, Any], path: Path) -> None:
+        """Restore a checkpoint loaded on the CPU (:func:`rnnreg.resume.load_resumable`):
+        ``load_state_dict`` copies each tensor onto the device of what it fills."""
         try:
             self.model.load_state_dict(ckpt["model"])
             self.optimizer.load_state_dict(ckpt["optimizer"])
@@ -144,15 +190,20 @@ class TrainedParts:
                 f"checkpoint {path} does not fit this configuration ({str(exc).splitlines()[0]}); "
                 "resume with the run's own config (see its .hydra/overrides.yaml)"
             ) from exc
-        set_rng_state(ckpt["rng"])
+        if not set_rng_state(ckpt["rng"], self.device):
+            log.warning(
+                "%s was written on %s and resumes on %s: the random streams (dropout masks) "
+                "differ from here on, so the run will not repeat an uninterrupted one exactly",
+                *(path, ckpt["rng"].get("device", "cpu"), self.device.type),
+            )
         self.length_rng.setstate(ckpt["length_rng"])
 
-    def start_from_best(self, init_from: str, device: torch.device) -> None:
+    def start_from_best(self, init_from: str) -> None:
         """A fine-tuning stage: the best weights of the run ``init_from`` (a run directory
         or a ``.pt`` file), averaged from the first step (AWD-LSTM)."""
         source = Path(init_from).expanduser()
         path = source if source.suffix == ".pt" else source / "checkpoints" / BEST
-        ckpt = load_checkpoint(path, map_location=device)
+        ckpt = load_checkpoint(path)  # on the CPU; load_state_dict copies onto the device
         try:
             self.model.load_state_dict(ckpt["model"])
         except RuntimeError as exc:
@@ -202,11 +253,13 @@ def run_summary(
         "best_epoch": p.best_epoch,
         "last_val_ppl": None if math.isnan(p.last_val_ppl) else p.last_val_ppl,
         **{key: final.get(key) for key in FINAL_RESULTS},
+        "precision": run.trainer.precision.value,
         "test_weights": run.eval.test_weights.value,
         "mc_samples": run.eval.mc_samples,
         "mc_mask_draw": run.eval.mc_mask_draw.value,
         "lstm_path": model.lstm_path,
         "loop_mode": model.loop_mode,
+        "compilations": model.compilations,
         "stage": run.trainer.stage.value,
         "init_from": run.trainer.init_from,
         "asgd_switch_epoch": parts.averaging.switch_epoch,

@@ -43,19 +43,38 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)  # seeds every CUDA device too
 
 
-def rng_state() -> dict[str, Any]:
-    """Every generator's state, for a checkpoint (resume continues the same draws)."""
-    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
+def rng_state(device: torch.device) -> dict[str, Any]:
+    """Every generator's state, for a checkpoint (resume continues the same draws): the CPU
+    generator and Python's always, each CUDA device's when CUDA is up, and the type of the
+    device the run draws its masks on (``device``)."""
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "device": device.type,
+    }
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        state["cuda"] = [s.cpu() for s in torch.cuda.get_rng_state_all()]
     return state
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
+def set_rng_state(state: dict[str, Any], device: torch.device) -> bool:
+    """Restore :func:`rng_state`'s generators on this machine, per device: the CPU one and
+    Python's always, the CUDA ones when the checkpoint has them and as many GPUs are
+    visible. Every state is handed over as the CPU ByteTensor torch takes, wherever the
+    checkpoint was loaded. Returns whether the random streams continue exactly: False
+    when the masks were drawn on another device type (or other GPUs) than now."""
+    torch.set_rng_state(state["torch"].cpu())
     random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    same = state.get("device", "cpu") == device.type
+    saved_cuda = state.get("cuda")
+    if device.type == "cuda":
+        same = same and saved_cuda is not None and len(saved_cuda) == torch.cuda.device_count()
+        if same:
+            torch.cuda.set_rng_state_all([s.cpu() for s in saved_cuda])
+    elif saved_cuda is not None and torch.cuda.is_available():
+        if len(saved_cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all([s.cpu() for s in saved_cuda])
+    return same
 
 
 #: SIGUSR2 is what SLURM sends ahead of a time-out or preemption (submitit's default).

@@ -42,6 +42,8 @@ def mean_interval(values: Sequence[float], confidence: float = 0.95) -> Interval
         )
         ci = result.confidence_interval
         return Interval(float(ci.low), float(ci.high), "bootstrap")
+    if np.ptp(data) == 0:  # every seed the same number: the interval is that point
+        return Interval(float(data[0]), float(data[0]), "t")
     low, high = stats.t.interval(confidence, len(data) - 1, loc=data.mean(), scale=stats.sem(data))
     return Interval(float(low), float(high), "t")
 

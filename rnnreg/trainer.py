@@ -25,7 +25,7 @@ from rnnreg.evaluate import evaluate
 from rnnreg.final_eval import extra_evaluations, final_evaluation
 from rnnreg.loss import window_loss
 from rnnreg.model import State, detach_state
-from rnnreg.optim import step_with_lr_scale
+from rnnreg.precision import apply_precision
 from rnnreg.records import (
     BEST,
     LAST,
@@ -38,7 +38,7 @@ from rnnreg.records import (
     save_checkpoint,
 )
 from rnnreg.resume import completed_summary, load_resumable, should_resume
-from rnnreg.run_state import Outcome, TrainedParts, TrainingProgress, run_summary
+from rnnreg.run_state import Outcome, StepTotals, TrainedParts, TrainingProgress, run_summary
 from rnnreg.runtime import StopRequest, exclusive_run, git_commit, seed_everything, select_device
 from rnnreg.testhooks import inject_nan, pause_point
 
@@ -68,6 +68,8 @@ class Trainer:
                 f"model.vocab_size={run.model.vocab_size} but the corpus has "
                 f"{self.corpus.vocab_size} words; remove the override"
             )
+        #: What every backend's fp32 arithmetic was set to (summary.json: backend_precision).
+        self.backend_precision = apply_precision(run.trainer.precision)
         seed_everything(run.seed)
         t = run.trainer
         self.parts = TrainedParts.build(run, self.corpus.vocab_size, self.device)
@@ -77,6 +79,10 @@ class Trainer:
         self.test_data = batchify(self.corpus.test, run.eval.test_batch_size).to(self.device)
         self.stop = StopRequest()
         self.progress = TrainingProgress()
+        self.totals = StepTotals(self.device)  # the steps' sums, on the device
+        self.meter = IntervalMeter()
+        self.interval_start = time.monotonic()
+        self.diverged_at: int | None = None  # the first step that was not finite
         self.state: State | None = None  # the hidden state carried between windows
         self.recorder: RunRecorder  # opened by fit()
         self.start_time = time.monotonic()
@@ -92,7 +98,9 @@ class Trainer:
         return self.progress.elapsed_s + time.monotonic() - self.start_time
 
     def save(self) -> None:
-        """``last.pt``, keeping the one it replaces as ``last.prev.pt``."""
+        """``last.pt``, keeping the one it replaces as ``last.prev.pt``. Called only with
+        nothing left on the device to read (:meth:`_flush`), every step seen finite."""
+        assert self.totals.steps == 0, "save() before the device's sums were read"
         state = {**self.parts.state_dict(), **self.progress.state_dict()}
         state["elapsed_s"] = self._elapsed()
         state["hidden"] = None if self.state is None else [list(hc) for hc in self.state]
@@ -100,11 +108,11 @@ class Trainer:
         save_checkpoint(self.ckpt_dir / LAST, state, keep_previous=True)
 
     def restore(self) -> None:
-        path, ckpt = load_resumable(self.run_dir, as_plain_dict(self.run), self.device)
+        path, ckpt = load_resumable(self.run_dir, as_plain_dict(self.run))
         self.parts.load_state_dict(ckpt, path)
         self.progress.load_state_dict(ckpt)
-        hidden = ckpt["hidden"]
-        self.state = None if hidden is None else [(h, c) for h, c in hidden]
+        hidden, device = ckpt["hidden"], self.device
+        self.state = None if hidden is None else [(h.to(device), c.to(device)) for h, c in hidden]
         p = self.progress
         log.info(
             "resumed from %s: %d epochs done, row %d, step %d",
@@ -121,11 +129,14 @@ class Trainer:
     def _lr(self) -> float:
         return self.optimizer.param_groups[0]["lr"]
 
-    def _train_step(self, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[float, float]:
-        """One optimizer step on a window; returns (summed token NLL, gradient norm).
+    def _train_step(self, inputs: torch.Tensor, targets: torch.Tensor) -> None:
+        """One optimizer step on a window, without waiting for the device.
 
         loss = NLL (token mean; × L with ``loss_sum_over_time``) + AR + TAR. With variable
-        BPTT the step's learning rate is scaled by L / bptt.
+        BPTT the step's learning rate is scaled by L / bptt. The window's summed NLL, its
+        gradient norm and whether both were finite go to :attr:`totals` on the device,
+        read at each log interval and before each checkpoint (:meth:`_flush`); a step
+        that is not finite changes no weight (:class:`~rnnreg.optim.FiniteSGD`).
         """
         assert self.state is not None
         run = self.run
@@ -143,26 +154,50 @@ class Trainer:
         pause_point("step")  # inside a step: gradients computed, weights not yet updated
         max_norm = run.optim.clip_grad_norm or math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
-        value = nll.item()
-        if not math.isfinite(value):
-            return value, float(grad_norm)
+        finite = torch.isfinite(nll) & torch.isfinite(grad_norm)
         scale = inputs.size(0) / run.trainer.bptt if run.trainer.variable_bptt else 1.0
-        step_with_lr_scale(self.optimizer, scale)
+        self.optimizer.step(lr_scale=scale, finite=finite)
         self.averaging.update(self.model)
-        return value * targets.numel(), float(grad_norm)
+        step, tokens = self.progress.step + 1, targets.numel()
+        self.totals.add(nll.detach() * tokens, grad_norm, finite, step, tokens)
+
+    def _flush(self) -> bool:
+        """Read :attr:`totals` (one synchronisation) into the progress and the interval's
+        meter; False, with one logged line, when a step since the last read was not
+        finite: the run has diverged, and nothing of it is checkpointed any more."""
+        if self.totals.steps == 0:
+            return True
+        nll, grad_norm, bad_step, steps, tokens = self.totals.read()
+        now = time.monotonic()
+        self.progress.add_totals(nll, now - self.interval_start)
+        self.interval_start = now
+        self.meter.add(nll, tokens, steps, grad_norm)
+        if bad_step is None:
+            return True
+        self.diverged_at = bad_step
+        log.error(
+            "training diverged at epoch %d, step %d (a non-finite loss or gradient; that "
+            "step and the ones after it changed no weight); the last good checkpoint is %s; "
+            "try a smaller optim.lr or optim.clip_grad_norm",
+            *(self.progress.epochs_done + 1, bad_step, self.ckpt_dir / LAST),
+        )
+        return False
 
     def _next_length(self) -> int:
         t = self.run.trainer
         return variable_bptt_length(self.parts.length_rng, t.bptt) if t.variable_bptt else t.bptt
 
     def _run_epoch(self) -> Outcome:
-        """Train the rest of the current epoch; say how it ended."""
+        """Train the rest of the current epoch; say how it ended. Every way out reads the
+        device's sums first (:meth:`_flush`), so a checkpoint is never written over steps
+        that were not seen to be finite."""
         t, p = self.run.trainer, self.progress
         if p.position == 0:
             self.state = self.model.init_state(t.batch_size)
             p.start_epoch()
         self.model.train()
-        meter, last_checkpoint = IntervalMeter(), time.monotonic()
+        self.meter, last_checkpoint = IntervalMeter(), time.monotonic()
+        self.interval_start = time.monotonic()
         last_row = self.train_data.size(0) - 1
         mode = t.progress
         show = mode is Progress.bar or (mode is Progress.auto and sys.stderr.isatty())
@@ -170,40 +205,48 @@ class Trainer:
         try:
             while p.position < last_row:
                 inputs, targets = window_at(self.train_data, p.position, self._next_length())
-                started = time.monotonic()
-                nll_sum, grad_norm = self._train_step(inputs, targets)
-                if not math.isfinite(nll_sum):
-                    log.error(
-                        "training diverged at epoch %d, step %d (loss %s); the last good "
-                        "checkpoint is %s; try a smaller optim.lr or optim.clip_grad_norm",
-                        *(p.epochs_done + 1, p.step + 1, nll_sum, self.ckpt_dir / LAST),
-                    )
-                    return Outcome.diverged
-                p.add_step(nll_sum, targets.numel(), time.monotonic() - started, inputs.size(0))
-                meter.add(nll_sum, targets.numel())
+                self._train_step(inputs, targets)
+                p.add_step(targets.numel(), inputs.size(0))
                 if bar is not None:
                     bar.update(1)
-                    bar.set_postfix(ppl=f"{p.epoch_ppl:.1f}")
                 if p.step % t.log_every_steps == 0:
-                    scalars = meter.scalars(grad_norm, self._lr())
-                    if self.run.variant.ar_alpha or self.run.variant.tar_beta:
-                        ar, tar = (self.penalty_sum / meter.steps).tolist()
-                        scalars.update({"train/ar": ar, "train/tar": tar})
-                    self.penalty_sum.zero_()
-                    line = (p.epochs_done + 1, p.position, last_row, self._lr())
-                    self.recorder.interval(p.step, meter, scalars, line if bar is None else None)
-                if t.max_steps is not None and p.step >= t.max_steps:
-                    return Outcome.max_steps
-                if self.stop:
-                    return Outcome.stopped
+                    if not self._flush():
+                        return Outcome.diverged
+                    self._log_interval(bar, last_row)
+                ended = self._ended_early()
+                if ended is not None:
+                    return ended if self._flush() else Outcome.diverged
                 due = time.monotonic() - last_checkpoint >= t.checkpoint_every_s
                 if t.checkpoint_every_s and p.position < last_row and due:
+                    if not self._flush():
+                        return Outcome.diverged
                     self.save()
-                    last_checkpoint = time.monotonic()
+                    last_checkpoint = self.interval_start = time.monotonic()
         finally:
             if bar is not None:
                 bar.close()
-        return Outcome.done
+        return Outcome.done if self._flush() else Outcome.diverged
+
+    def _ended_early(self) -> Outcome | None:
+        """``max_steps`` reached or a stop signal received, else None."""
+        t, p = self.run.trainer, self.progress
+        if t.max_steps is not None and p.step >= t.max_steps:
+            return Outcome.max_steps
+        return Outcome.stopped if self.stop else None
+
+    def _log_interval(self, bar: Any, last_row: int) -> None:
+        """The interval's scalars and log line (or the progress bar's figure)."""
+        p, meter = self.progress, self.meter
+        scalars = meter.scalars(self._lr())
+        if self.run.variant.ar_alpha or self.run.variant.tar_beta:
+            ar, tar = (self.penalty_sum / meter.steps).tolist()
+            scalars.update({"train/ar": ar, "train/tar": tar})
+        self.penalty_sum.zero_()
+        if bar is not None:
+            bar.set_postfix(ppl=f"{p.epoch_ppl:.1f}")
+        line = (p.epochs_done + 1, p.position, last_row, self._lr())
+        self.recorder.interval(p.step, meter, scalars, line if bar is None else None)
+        self.interval_start = time.monotonic()  # the records' I/O is not training time
 
     def _end_epoch(self) -> None:
         """Validate, record the epoch, keep the best weights, step the schedule, checkpoint."""
@@ -238,7 +281,7 @@ class Trainer:
         final = self.averaging.eval_model(self.model).state_dict()
         final_weights = {key: value.detach().clone() for key, value in final.items()}
         best_path, e = self.ckpt_dir / BEST, self.run.eval
-        best = load_checkpoint(best_path, self.device)["model"] if best_path.exists() else None
+        best = load_checkpoint(best_path)["model"] if best_path.exists() else None
         results = final_evaluation(
             self.model, final_weights, best, self.valid_data, self.test_data, e
         )
@@ -266,7 +309,7 @@ class Trainer:
         if resumed:
             self.restore()
         elif t.stage is Stage.finetune:
-            self.parts.start_from_best(str(t.init_from), self.device)
+            self.parts.start_from_best(str(t.init_from))
         if self.launch is not None:
             self.launch.write(self.run_dir, resumed)
         self.recorder = RunRecorder(self.run_dir, p.step, p.epochs_done)
@@ -314,5 +357,7 @@ class Trainer:
             wall_time_s=self._elapsed(),
             tokens_per_epoch=(self.train_data.size(0) - 1) * self.train_data.size(1),
             git_commit=self.git_commit,
+            backend_precision=self.backend_precision,
+            diverged_at_step=self.diverged_at,
             run_dir=str(self.run_dir),
         )

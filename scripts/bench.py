@@ -1,120 +1,278 @@
-"""Training throughput of every variant as a ratio to ``variant=none`` on the fused path.
+"""Tokens/s of the trainer's own training step, every variant against cuDNN/MKL ``none``.
 
-    python scripts/bench.py                          # model=small and model=medium
-    python scripts/bench.py --models small --rounds 5 --steps 4 --eager
+    python scripts/bench.py                                   # small and medium, fp32
+    python scripts/bench.py --models small medium large --paths auto loop \\
+        --compile-modes default reduce-overhead --precisions fp32 tf32 bf16
 
-All configurations are built in one process and run round-robin (a few steps each, the
-order reversed every round), so that the drift of this machine between processes does
-not enter the ratios; the figures are medians over rounds. One step is what the trainer
-does: forward, loss summed over the window, backward, clipping, SGD. Tokens are random
-ids (speed does not depend on them).
+The step timed is :meth:`rnnreg.trainer.Trainer._train_step` on a Trainer built from the
+composed config (``variant=<v> model=<size>`` plus the options below): the loss of
+``rnnreg.loss`` (× bptt, AR/TAR where the variant has them), the configured clip, the
+finite-guarded SGD update, NT-ASGD bookkeeping: exactly what a run does per window. Tokens
+are random ids over a 10,000-word vocabulary (speed does not depend on them).
+
+Every configuration is built in one process and timed round-robin (``--steps`` windows
+each, the order reversed every round), so the machine's drift between processes does not
+enter the ratios; figures are medians over rounds. The ratio is to ``none`` on the fused
+path at the same size and precision. Peak memory: ``torch.cuda.max_memory_allocated``
+during a configuration's steps on a GPU; on a CPU the process's peak RSS during them
+(``VmHWM`` after resetting it through ``/proc/self/clear_refs``), which includes the
+other configurations' weights held by the process.
+
+``--markdown FILE`` also writes the table as Markdown (``make gpu-check`` does).
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import statistics
 import sys
+import tempfile
 import time
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 
 from rnnreg.config import CONF_DIR, group_options, register, to_run_config
-from rnnreg.model import LanguageModel, detach_state
+from rnnreg.data import Corpus
 from rnnreg.train import tune_malloc
+from rnnreg.trainer import Trainer
 
 VOCAB = 10_000
+STARTED = time.monotonic()
+SHAPES = {"small": (20, 20), "medium": (20, 35), "large": (20, 35)}
 
 
-def build(model_name: str, variant: str, compile_loop: bool, extra: list[str]):
-    overrides = [
-        f"model={model_name}",
-        f"variant={variant}",
-        f"model.compile={str(compile_loop).lower()}",
-        *extra,
-    ]
+@dataclass
+class Case:
+    """One configuration of the table and its measured rounds."""
+
+    model: str
+    variant: str
+    path: str
+    compile_mode: str
+    precision: str
+    trainer: Trainer | None = None
+    rates: list[float] = field(default_factory=list)
+    peak_mb: float = 0.0
+    error: str = ""
+
+    @property
+    def label(self) -> str:
+        return f"{self.variant}/{self.path}/{self.compile_mode}/{self.precision}"
+
+
+def corpus(rows: int, batch: int) -> Corpus:
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, VOCAB, ((rows + 1) * batch,), generator=gen)
+    return Corpus([f"w{i}" for i in range(VOCAB)], ids, ids[: 4 * batch], ids[: 4 * batch])
+
+
+def overrides_for(case: Case, args: argparse.Namespace) -> list[str]:
+    """Only the keys that differ from the defaults, so the script also runs on older code."""
+    batch, bptt = SHAPES.get(case.model, (20, 35))
+    extra = [f"model={case.model}", f"variant={case.variant}", f"trainer.device={args.device}"]
+    extra += [f"trainer.batch_size={batch}", f"trainer.bptt={bptt}", "trainer.progress=log"]
+    extra.append(f"model.compile={str(not args.eager).lower()}")
+    if case.path != "auto":
+        extra.append(f"model.lstm_impl={case.path}")
+    if case.compile_mode != "default":
+        extra.append(f"model.compile_mode={case.compile_mode}")
+    if case.precision != "fp32":
+        extra.append(f"trainer.precision={case.precision}")
+    return extra + list(args.override)
+
+
+def build(case: Case, args: argparse.Namespace, folder: Path) -> None:
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        run = to_run_config(compose("config", overrides=overrides))
-    torch.manual_seed(0)
-    model = LanguageModel(VOCAB, run.model, run.variant)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    return run, model, optimizer
+        run = to_run_config(compose("config", overrides=overrides_for(case, args)))
+    batch, bptt = run.trainer.batch_size, run.trainer.bptt
+    rows = (args.rounds * args.steps + args.warmup + 2) * bptt
+    trainer = Trainer(run, folder / case.label.replace("/", "_"), corpus=corpus(rows, batch))
+    trainer.model.train()
+    trainer.state = trainer.model.init_state(batch)
+    case.trainer = trainer
 
 
-def train_steps(model, optimizer, batch: int, bptt: int, steps: int, clip: float) -> float:
-    """Seconds for ``steps`` training steps of (bptt, batch) windows."""
-    model.train()
-    state = model.init_state(batch)
-    tokens = torch.randint(0, VOCAB, (steps, bptt + 1, batch))
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def peak_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_steps(case: Case, steps: int, position: list[int]) -> float:
+    """Seconds for ``steps`` trainer steps of this case's shape (device synchronised)."""
+    trainer = case.trainer
+    assert trainer is not None
+    bptt = trainer.run.trainer.bptt
+    data = trainer.train_data
+    synchronize(trainer.device)
     started = time.perf_counter()
-    for k in range(steps):
-        inputs, targets = tokens[k, :-1], tokens[k, 1:]
-        logits, state = model(inputs, state)
-        state = detach_state(state)
-        loss = F.cross_entropy(logits.reshape(-1, VOCAB), targets.reshape(-1)) * bptt
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-        optimizer.step()
+    for _ in range(steps):
+        start = position[0]
+        if start + bptt + 1 >= data.size(0):
+            start = 0
+        trainer._train_step(data[start : start + bptt], data[start + 1 : start + 1 + bptt])
+        position[0] = start + bptt
+    synchronize(trainer.device)
     return time.perf_counter() - started
 
 
-def bench_model(model_name: str, variants: list[str], args: argparse.Namespace) -> None:
-    shapes = {"small": (20, 20), "medium": (20, 35), "large": (20, 35)}
-    batch, bptt = shapes.get(model_name, (20, 35))
-    built = {v: build(model_name, v, args.compile, args.override) for v in variants}
-    for _, model, optimizer in built.values():  # warm-up (and compilation)
-        train_steps(model, optimizer, batch, bptt, 2, 5.0)
-    rates: dict[str, list[float]] = {v: [] for v in variants}
-    order = list(variants)
+def bench_model(model: str, cases: list[Case], args: argparse.Namespace, folder: Path) -> str:
+    batch, bptt = SHAPES.get(model, (20, 35))
+    positions = {case.label: [0] for case in cases}
+    live = []
+    for case in cases:
+        if args.time_budget and time.monotonic() - STARTED > args.time_budget:
+            case.error = "not run: --time-budget spent"
+            continue
+        try:
+            build(case, args, folder)
+            started = time.perf_counter()
+            run_steps(case, args.warmup, positions[case.label])  # compiles, if it compiles
+            print(f"  built {model} {case.label} ({time.perf_counter() - started:.1f} s)")
+            live.append(case)
+        except Exception as exc:  # one configuration that cannot run is reported, not fatal
+            case.error = str(exc).strip().splitlines()[0][:80] if str(exc).strip() else "error"
+            print(f"  {model} {case.label}: {case.error}")
+    order = list(live)
     for _ in range(args.rounds):
-        for v in order:
-            _, model, optimizer = built[v]
-            seconds = train_steps(model, optimizer, batch, bptt, args.steps, 5.0)
-            rates[v].append(args.steps * batch * bptt / seconds)
+        for case in order:
+            assert case.trainer is not None
+            reset_peak(case.trainer.device)
+            seconds = run_steps(case, args.steps, positions[case.label])
+            case.peak_mb = max(case.peak_mb, peak_mb(case.trainer.device))
+            case.rates.append(args.steps * batch * bptt / seconds)
         order.reverse()
-    base = statistics.median(rates["none"])
-    print(
-        f"\nmodel={model_name} (batch {batch}, bptt {bptt}, {torch.get_num_threads()} threads, "
-        f"{args.rounds} rounds x {args.steps} steps, compile={args.compile})"
-    )
-    print(f"{'variant':<14}{'path':<13}{'tokens/s':>10}{'ratio':>8}   spread")
-    for v in variants:
-        median = statistics.median(rates[v])
-        model = built[v][1]
+    return table(model, cases, args)
+
+
+def table(model: str, cases: list[Case], args: argparse.Namespace) -> str:
+    batch, bptt = SHAPES.get(model, (20, 35))
+    bases = {
+        case.precision: statistics.median(case.rates)
+        for case in cases
+        if case.variant == "none" and case.path in ("auto", "fused") and case.rates
+    }
+    device = next((c.trainer.device for c in cases if c.trainer is not None), None)
+    where = "unknown" if device is None else device.type
+    if device is not None and device.type == "cuda":
+        where = torch.cuda.get_device_name(device)
+    memory = "max_memory_allocated MB" if where != "cpu" else "peak RSS MB"
+    lines = [
+        f"model={model} (batch {batch}, bptt {bptt}) on {where}, {torch.get_num_threads()} "
+        f"threads, torch {torch.__version__}, {args.rounds} rounds x {args.steps} steps",
+        "",
+        f"| variant | path | compile | precision | tokens/s | ratio to none | {memory} | spread |",
+        "|---|---|---|---|---:|---:|---:|---|",
+    ]
+    for case in cases:
+        if not case.rates:
+            lines.append(
+                f"| {case.variant} | {case.path} | {case.compile_mode} | {case.precision} | "
+                f"– | – | – | {case.error} |"
+            )
+            continue
+        assert case.trainer is not None
+        model_ = case.trainer.model
         # what actually ran: a loop that fell back to eager says so (rnnreg/recurrence.py)
-        path = model.lstm_path + (f"-{model.loop_mode}" if model.loop_mode else "")
-        spread = f"{min(rates[v]):.0f}-{max(rates[v]):.0f}"
-        print(f"{v:<14}{path:<13}{median:>10.0f}{median / base:>8.2f}   {spread}")
-    sys.stdout.flush()
+        path = model_.lstm_path + (f"-{model_.loop_mode}" if model_.loop_mode else "")
+        median = statistics.median(case.rates)
+        base = bases.get(case.precision)
+        ratio = f"{median / base:.2f}" if base else "–"
+        spread = f"{min(case.rates):.0f}-{max(case.rates):.0f}"
+        lines.append(
+            f"| {case.variant} | {path} | {case.compile_mode} | {case.precision} | "
+            f"{median:.0f} | {ratio} | {case.peak_mb:.0f} | {spread} |"
+        )
+    return "\n".join(lines)
+
+
+def cases_for(model: str, args: argparse.Namespace) -> list[Case]:
+    variants = args.variants or group_options("variant")
+    if "none" not in variants:
+        variants = ["none", *variants]
+    cases = []
+    # the first mode and precision for every variant first: a --time-budget cuts the rest
+    for mode, precision, path, variant in itertools.product(
+        args.compile_modes, args.precisions, args.paths, variants
+    ):
+        if mode != args.compile_modes[0] and path == "auto" and fused_variant(variant):
+            continue  # the fused path compiles nothing: one row per precision
+        if path == "fused" and not fused_variant(variant):
+            continue
+        cases.append(Case(model, variant, path, mode, precision))
+    return cases
+
+
+def fused_variant(variant: str) -> bool:
+    """Whether the variant runs on the fused path under ``model.lstm_impl=auto``."""
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        run = to_run_config(compose("config", overrides=[f"variant={variant}"]))
+    from rnnreg.model import in_step_dropout
+
+    return not in_step_dropout(run.variant, 0).needs_loop
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["small", "medium"])
-    parser.add_argument("--variants", nargs="+", default=None, help="default: all")
+    parser.add_argument("--variants", nargs="+", default=None, help="default: every variant")
+    parser.add_argument(
+        "--paths", nargs="+", default=["auto"], help="auto (each variant's path), loop, fused"
+    )
+    parser.add_argument("--compile-modes", nargs="+", default=["default"])
+    parser.add_argument("--precisions", nargs="+", default=["fp32"])
+    parser.add_argument("--device", default="auto")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--eager", action="store_true", help="model.compile=false")
     parser.add_argument(
-        "--eager",
-        dest="compile",
-        action="store_false",
-        help="run the loop path eagerly instead of under torch.compile",
+        "--time-budget", type=float, default=0, help="seconds; later configurations are skipped"
     )
+    parser.add_argument("--markdown", type=Path, default=None, help="also write the tables here")
     parser.add_argument("--override", nargs="*", default=[], help="extra config overrides")
     args = parser.parse_args()
     register()
     tune_malloc()
     if args.threads:
         torch.set_num_threads(args.threads)
-    variants = args.variants or group_options("variant")
-    if "none" not in variants:
-        variants = ["none", *variants]
-    for model_name in args.models:
-        bench_model(model_name, variants, args)
+    tables = []
+    with tempfile.TemporaryDirectory(prefix="rnnreg-bench-") as folder:
+        for model in args.models:
+            text = bench_model(model, cases_for(model, args), args, Path(folder))
+            print("\n" + text + "\n")
+            sys.stdout.flush()
+            tables.append(text)
+    if args.markdown is not None:
+        args.markdown.write_text("\n\n".join(tables) + "\n")
 
 
 if __name__ == "__main__":

@@ -56,6 +56,24 @@ def write_tiny_corpus(root: Path, name: str = "ptb", seed: int = 0) -> Path:
     return folder
 
 
+#: ``cpu`` always; ``cuda`` (marker ``gpu``) when a GPU is visible, else reported skipped.
+CUDA = torch.cuda.is_available()
+DEVICES = [
+    pytest.param("cpu", id="cpu"),
+    pytest.param(
+        "cuda",
+        id="cuda",
+        marks=[pytest.mark.gpu, pytest.mark.skipif(not CUDA, reason="no CUDA device visible")],
+    ),
+]
+
+
+@pytest.fixture(params=DEVICES)
+def device(request: pytest.FixtureRequest) -> torch.device:
+    """The devices a device-agnostic test runs on (``pytest -m gpu`` runs the cuda half)."""
+    return torch.device(request.param)
+
+
 @pytest.fixture
 def tiny_data(tmp_path: Path) -> Path:
     """A data_dir holding a tiny PTB-layout corpus."""
@@ -75,6 +93,7 @@ def make_config(tmp_path: Path, tiny_data: Path) -> Callable[..., RunConfig]:
             "model.embedding_size=16",
             "model.hidden_size=16",
             "model.compile=false",  # compiled loops are tested with a fast backend
+            "trainer.device=cpu",  # tests that run elsewhere say so (the device fixture)
             "trainer.batch_size=4",
             "trainer.bptt=8",
             "eval.batch_size=4",

@@ -106,6 +106,33 @@ def test_a_segment_is_scored_before_its_update(make_config) -> None:
     assert dynamic.perplexity == pytest.approx(evaluate(model, source, 5).perplexity, rel=1e-6)
 
 
+def test_three_segments_equal_the_update_rule_by_hand(make_config) -> None:
+    """θ_j = θ_{j-1} − η g_j / (MS + ε) + λ r ∘ (θ₀ − θ_{j-1}), each segment scored under
+    θ_{j-1}, computed here one parameter at a time."""
+    model, source = tiny_model(make_config), stream(16, seed=8)  # 15 predictions: 3 segments
+    ms = _ms(model)
+    lr, decay, eps = 0.05, 0.3, 1e-5
+    got = evaluate_dynamic(model, source, ms, lr=lr, decay=decay, epsilon=eps, segment=5)
+    hand = tiny_model(make_config)
+    theta0 = {n: p.detach().clone() for n, p in hand.named_parameters()}
+    scale = torch.stack([m.mean() for m in ms.values()]).mean()
+    state, nll = hand.init_state(1), 0.0
+    for start in range(0, 15, 5):
+        logits, state = hand(source[start : start + 5], state)
+        state = [(h.detach(), c.detach()) for h, c in state]
+        loss = torch.nn.functional.cross_entropy(
+            logits.view(-1, V), source[start + 1 : start + 6, 0]
+        )
+        nll += loss.item() * 5
+        hand.zero_grad()
+        loss.backward()
+        with torch.no_grad():
+            for name, p in hand.named_parameters():
+                rate = (ms[name] / scale).clamp(max=1 / decay)
+                p.copy_(p - lr * p.grad / (ms[name] + eps) + decay * rate * (theta0[name] - p))
+    assert got.nll_sum == pytest.approx(nll, rel=1e-6)
+
+
 def test_dynamic_evaluation_adapts_to_a_repeated_stream(make_config) -> None:
     model = tiny_model(make_config)
     source = torch.tensor([1, 4, 2, 6, 3, 0] * 20).view(-1, 1)

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import DEVICES
 
 from rnnreg import RnnregError
 from rnnreg.records import load_checkpoint, previous_checkpoint
@@ -177,11 +178,13 @@ TRAIN = [
     "trainer.threads=1",
     "trainer.progress=log",
     "trainer.checkpoint_every_s=0.05",
+    "trainer.device=cpu",  # the kill -9 runs choose theirs (a later override wins)
 ]
 
 
 def _env(tiny_data: Path, tmp_path: Path, **extra: str) -> dict[str, str]:
     env = dict(os.environ, RNNREG_DATA_DIR=str(tiny_data), RNNREG_CACHE_DIR=str(tmp_path / "c"))
+    env.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS on a GPU
     env.pop("RNNREG_TEST_PAUSE", None)
     env.update(extra)
     return env
@@ -197,14 +200,23 @@ def _train(python: str, run_dir: Path, env: dict[str, str], *extra: str):
     )
 
 
+@pytest.fixture(scope="module", params=DEVICES)
+def kill_device(request: pytest.FixtureRequest) -> str:
+    """The device the kill -9 runs train on (cuDNN's and cuBLAS's deterministic modes: a
+    fixed cuBLAS workspace, CUBLAS_WORKSPACE_CONFIG)."""
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def reference_run(tmp_path_factory, python_module) -> Path:
+def reference_run(tmp_path_factory, python_module, kill_device) -> Path:
     from tests.conftest import write_tiny_corpus
 
-    root = tmp_path_factory.mktemp("kill9")
+    root = tmp_path_factory.mktemp(f"kill9-{kill_device}")
     write_tiny_corpus(root / "data")
     run_dir = root / "whole"
-    result = _train(python_module, run_dir, _env(root / "data", root))
+    result = _train(
+        python_module, run_dir, _env(root / "data", root), f"trainer.device={kill_device}"
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     return run_dir
 
@@ -219,7 +231,7 @@ def python_module() -> str:
 @pytest.mark.slow
 @pytest.mark.parametrize("point", ["step:150", "validation:2", "checkpoint:4", "test:1"])
 def test_kill_9_anywhere_then_resume_gives_the_same_numbers(
-    reference_run: Path, python_module: str, point: str
+    reference_run: Path, python_module: str, point: str, kill_device: str
 ) -> None:
     """SIGKILL inside a step, during validation, while a checkpoint's bytes are written
     (not yet renamed), during the final test evaluation; the resumed run ends with the
@@ -229,7 +241,10 @@ def test_kill_9_anywhere_then_resume_gives_the_same_numbers(
     marker = root / f"marker-{point.replace(':', '-')}"
     env = _env(root / "data", root, RNNREG_TEST_PAUSE=point, RNNREG_TEST_MARKER=str(marker))
     process = subprocess.Popen(
-        [python_module, "-m", "rnnreg.train", *TRAIN, f"hydra.run.dir={run_dir}"],
+        [
+            *(python_module, "-m", "rnnreg.train", *TRAIN),
+            *(f"trainer.device={kill_device}", f"hydra.run.dir={run_dir}"),
+        ],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -246,7 +261,13 @@ def test_kill_9_anywhere_then_resume_gives_the_same_numbers(
     assert process.returncode == -signal.SIGKILL
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "running"
 
-    resumed = _train(python_module, run_dir, _env(root / "data", root), "trainer.resume=true")
+    resumed = _train(
+        python_module,
+        run_dir,
+        _env(root / "data", root),
+        "trainer.resume=true",
+        f"trainer.device={kill_device}",
+    )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert rows(run_dir) == rows(reference_run)
     assert final(run_dir) == final(reference_run)
@@ -278,7 +299,7 @@ def test_a_nan_mid_sweep_marks_that_run_diverged_and_the_sweep_goes_on(
         json.loads(p.read_text())["seed"]: json.loads(p.read_text())
         for p in sweep.glob("*/summary.json")
     }
-    assert summaries[1]["status"] == "diverged" and summaries[1]["steps"] < 150
+    assert summaries[1]["status"] == "diverged" and summaries[1]["diverged_at_step"] == 150
     assert summaries[2]["status"] == "completed" and summaries[2]["test_ppl"] is not None
     diverged_dir = next(p.parent for p in sweep.glob("*/summary.json") if "seed1" in str(p))
     ckpt = load_checkpoint(diverged_dir / "checkpoints" / LAST)

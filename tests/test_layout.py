@@ -17,7 +17,7 @@ ROOMS = [
     {"rnnreg", "rnnreg.dropout_settings", "rnnreg.files", "rnnreg.testhooks"}
     | {"rnnreg.significance"},
     {"rnnreg.config"},
-    {"rnnreg.runtime", "rnnreg.data", "rnnreg.recurrence"},
+    {"rnnreg.runtime", "rnnreg.data", "rnnreg.recurrence", "rnnreg.precision"},
     {f"rnnreg.regularizers{suffix}" for suffix in ("", ".masks", ".dropout", ".embedding")}
     | {f"rnnreg.regularizers.{name}" for name in ("weights", "activations", "layer_masks")},
     {"rnnreg.lstm"},
@@ -29,7 +29,7 @@ ROOMS = [
     {"rnnreg.run_state", "rnnreg.resume"},
     {"rnnreg.trainer"},
     {"rnnreg.report_data", "rnnreg.report_render"},
-    {"rnnreg.train", "rnnreg.ledger", "rnnreg.report", "rnnreg.rescore"},
+    {"rnnreg.train", "rnnreg.ledger", "rnnreg.ledger_curves", "rnnreg.report", "rnnreg.rescore"},
 ]
 
 

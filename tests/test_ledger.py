@@ -124,3 +124,23 @@ def test_mc_row_beside_the_papers_mc_number(tmp_path: Path) -> None:
     assert "+1.0%" in mc_row and "within 2%" in mc_row
     standard = next(line for line in text.splitlines() if "| standard |" in line)
     assert "81.9 / 79.7 Gal2016" in standard and "1000 samples" not in standard
+
+
+def test_each_entry_keeps_its_curve_and_a_logged_preset_is_compared_epoch_by_epoch(
+    tmp_path: Path,
+) -> None:
+    """metrics.csv beside the entry; a figure per entry; for experiment=gal_large_log a
+    table of our validation perplexity against Gal's own log (rnnreg/reference)."""
+    run_dir = fake_run(tmp_path, "partial", val=290.0, test=None, epochs=2)
+    overrides = run_dir / ".hydra" / "overrides.yaml"
+    overrides.write_text(overrides.read_text().replace("zaremba_medium", "gal_large_log"))
+    results = tmp_path / "results"
+    record(run_dir, name="gal_large_log_s1", results=results)
+    kept = results / "runs" / "gal_large_log_s1" / "metrics.csv"
+    assert kept.read_text() == (run_dir / "metrics.csv").read_text()
+    readme = write_table(results).read_text()
+    assert "![gal_large_log_s1](figures/gal_large_log_s1.png)" in readme
+    assert (results / "figures" / "gal_large_log_s1.png").read_bytes()[:4] == b"\x89PNG"
+    # epoch 1: ours 291 (val + epochs - epoch) against the log's 292.797
+    assert "| 1 | 292.80 | 291.00 | -0.6% |" in readme
+    assert "| 2 | 197.63 | 290.00 | +46.7% |" in readme

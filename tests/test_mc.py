@@ -5,18 +5,21 @@ from __future__ import annotations
 import pytest
 import torch
 
+from rnnreg.config import group_options
 from rnnreg.data import batchify
 from rnnreg.evaluate import evaluate, evaluate_mc
 from rnnreg.model import LanguageModel
 from rnnreg.regularizers.masks import HeldMasks, MCDropout
 
+ALL_VARIANTS = group_options("variant")
 
-def setup(make_config, variant: str):
+
+def setup(make_config, variant: str, device: torch.device | str = "cpu"):
     run = make_config(f"variant={variant}")
     torch.manual_seed(0)
-    model = LanguageModel(30, run.model, run.variant)
+    model = LanguageModel(30, run.model, run.variant).to(device)
     source = batchify(torch.randint(0, 30, (400,), generator=torch.Generator().manual_seed(1)), 4)
-    return model, source
+    return model, source.to(device)
 
 
 @pytest.mark.parametrize("per_pass", [0, 2])
@@ -51,17 +54,17 @@ def test_mc_averages_probabilities_not_log_probabilities(make_config) -> None:
     assert evaluate_mc(model, source, bptt=8, samples=6).perplexity != pytest.approx(standard)
 
 
-def test_replicas_get_independent_masks(make_config) -> None:
-    for variant in ("gal", "weight_drop", "zoneout"):
-        model, source = setup(make_config, variant)
-        model.eval()
-        inputs = source[:10].repeat(1, 2)
-        logits, _ = model(inputs, model.init_state(8), mc=MCDropout(replicas=2))
-        assert not torch.allclose(logits[:, :4], logits[:, 4:]), variant
-        logits, _ = model(inputs, model.init_state(8))
-        # Rows of one batched product: a kernel's blocking may round the two halves
-        # differently in the last bit (AVX2 EPYC), so equal up to rounding, not bitwise.
-        torch.testing.assert_close(logits[:, :4], logits[:, 4:], rtol=1e-5, atol=1e-6)
+@pytest.mark.parametrize("variant", [v for v in ALL_VARIANTS if v != "none"])
+def test_replicas_get_independent_masks(make_config, variant: str, device: torch.device) -> None:
+    model, source = setup(make_config, variant, device)
+    model.eval()
+    inputs = source[:10].repeat(1, 2)
+    logits, _ = model(inputs, model.init_state(8), mc=MCDropout(replicas=2))
+    assert not torch.allclose(logits[:, :4], logits[:, 4:]), variant  # masks differ
+    logits, _ = model(inputs, model.init_state(8))
+    # Rows of one batched product: a kernel's blocking may round the two halves
+    # differently in the last bit (AVX2 EPYC), so equal up to rounding, not bitwise.
+    torch.testing.assert_close(logits[:, :4], logits[:, 4:], rtol=1e-5, atol=1e-6)
 
 
 def _mc_logits(model, inputs, state, mc):

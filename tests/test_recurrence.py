@@ -56,24 +56,29 @@ CASES = [
 ]
 
 
-def inputs(case: str, gen: torch.Generator):
+def inputs(case: str, gen: torch.Generator, device: torch.device | str = "cpu"):
     untied = case.startswith("gal_untied")
     gx_shape = (T, 4, B, H) if untied else (T, B, 4 * H)
-    gx = torch.randn(gx_shape, generator=gen, dtype=torch.float64).requires_grad_()
-    h0 = (0.5 * torch.randn(B, H, generator=gen, dtype=torch.float64)).requires_grad_()
-    c0 = torch.randn(B, H, generator=gen, dtype=torch.float64).requires_grad_()
-    weight = (0.4 * torch.randn(4 * H, H, generator=gen, dtype=torch.float64)).requires_grad_()
-    return gx, h0, c0, weight
+    gx = torch.randn(gx_shape, generator=gen, dtype=torch.float64)
+    h0 = 0.5 * torch.randn(B, H, generator=gen, dtype=torch.float64)
+    c0 = torch.randn(B, H, generator=gen, dtype=torch.float64)
+    weight = 0.4 * torch.randn(4 * H, H, generator=gen, dtype=torch.float64)
+    return tuple(t.to(device).requires_grad_() for t in (gx, h0, c0, weight))
+
+
+def on(device, masks: InStepMasks) -> InStepMasks:
+    return InStepMasks(*(None if m is None else m.to(device) for m in masks))
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_hand_written_backward_equals_autograd(case: str) -> None:
+def test_hand_written_backward_equals_autograd(case: str, device: torch.device) -> None:
     gen = torch.Generator().manual_seed(CASES.index(case))
-    leaves = inputs(case, gen)
-    masks = masks_for(case, gen)
+    leaves = inputs(case, gen, device)
+    masks = on(device, masks_for(case, gen))
     carried = MemoryForm(carried="carried" in case, scale_on_output=case.endswith("on_output"))
     upstream = [
-        torch.randn(s, generator=gen, dtype=torch.float64) for s in [(T, B, H), (B, H), (B, H)]
+        torch.randn(s, generator=gen, dtype=torch.float64).to(device)
+        for s in [(T, B, H), (B, H), (B, H)]
     ]
 
     expected = recurrence(*leaves, masks, carried)

@@ -24,6 +24,7 @@ def fake_run(
     status: str = "completed",
     mc: float | None = None,
     epochs: int = 3,
+    precision: str | None = "fp32",
 ) -> None:
     run = root / name
     run.mkdir(parents=True)
@@ -46,6 +47,8 @@ def fake_run(
         "test_ppl_mc": mc,
         "config": {"trainer": {"epochs": 3, "max_steps": None}},
     }
+    if precision is not None:
+        summary["precision"] = precision
     (run / "summary.json").write_text(json.dumps(summary))
     with open(run / "metrics.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
@@ -131,14 +134,35 @@ def test_report_numbers_equal_hand_computed_means_and_stds(outputs: Path) -> Non
 def test_markdown_lists_every_group_and_the_runs_left_out(outputs: Path) -> None:
     markdown = build_report(outputs).read_text()
     for fragment in (
-        "| ptb | small | none | 3 epochs | standard | 3 (1 2 3) | 121.00 ± 1.00",
+        "| ptb | small | none | 3 epochs | standard | fp32 | 3 (1 2 3) | 121.00 ± 1.00",
         "| gal_tied | 3 epochs | standard |",
         "| gal_tied | 3 epochs | mc |",
         "| interrupted | ptb | small | none | 4 | 1 / 3 | 10 |",
-        "| zoneout | 3 epochs | standard | 1 (1) | 130.00 | 125.00 |",  # no ± from one run
+        "| zoneout | 3 epochs | standard | fp32 | 1 (1) | 130.00 | 125.00 |",  # no ± from one run
         "| diverged | ptb | small | zaremba | 1 |",
     ):
         assert fragment in markdown, fragment
+
+
+def test_two_precisions_are_two_rows_never_one_mean(tmp_path: Path) -> None:
+    """The same variant in fp32 and in bf16 (and a GPU run from before precision was
+    recorded, whose fused cuDNN LSTM ran in TF32) are separate groups."""
+    root = tmp_path / "outputs"
+    for seed in (1, 2):
+        fake_run(root, f"{seed}_fp32", variant="zaremba", seed=seed, val=100, test=96)
+        fake_run(
+            root, f"{seed}_bf16", variant="zaremba", seed=seed, val=104, test=99, precision="bf16"
+        )
+    fake_run(root, "old_gpu", variant="zaremba", seed=3, val=101, test=97, precision=None)
+    summary = json.loads((root / "old_gpu" / "summary.json").read_text())
+    (root / "old_gpu" / "summary.json").write_text(json.dumps({**summary, "device": "cuda"}))
+    with open(build_report(root).with_suffix(".csv"), newline="") as handle:
+        rows = [r for r in csv.DictReader(handle) if r["evaluation"] == "standard"]
+    by_precision = {r["precision"]: r for r in rows}
+    assert set(by_precision) == {"fp32", "bf16", "tf32 (cuDNN default, unrecorded)"}
+    assert float(by_precision["fp32"]["test_mean"]) == pytest.approx(96.0)
+    assert float(by_precision["bf16"]["test_mean"]) == pytest.approx(99.0)
+    assert by_precision["bf16"]["runs"] == "2"
 
 
 def test_figures_are_valid_png_images(outputs: Path) -> None:

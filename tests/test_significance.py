@@ -71,3 +71,12 @@ def test_the_report_shows_intervals_p_values_sentences_and_the_budget(tmp_path: 
     assert "zaremba is better than none by" in text and "3 and 3 seeds" in text
     assert "moon vs none" in text and "no test possible" in text
     assert "budget-limited: 3 of 13 epochs" in text
+
+
+def test_identical_seeds_give_a_point_interval_without_a_warning() -> None:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        interval = mean_interval([96.0, 96.0])
+    assert interval is not None and interval.low == interval.high == 96.0

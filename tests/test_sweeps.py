@@ -78,7 +78,7 @@ def test_two_job_joblib_multirun_gives_two_summaries_and_a_report(
     cores = os.cpu_count() or 1
     assert all(s["config"]["trainer"]["threads"] == max(1, cores // 2) for s in seen)
     markdown = build_report(sweep).read_text()
-    assert "| ptb | small | none | 15 steps | standard | 2 (1 2) |" in markdown
+    assert "| ptb | small | none | 15 steps | standard | fp32 | 2 (1 2) |" in markdown
 
 
 def test_threads_per_job_keeps_jobs_times_threads_within_the_cores() -> None:
