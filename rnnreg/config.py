@@ -125,12 +125,15 @@ class ModelConfig:
     #: Turn off to debug, or for runs of a few minutes.
     compile: bool = True
     compile_mode: CompileMode = CompileMode.default
-    #: Steps per compiled block of the loop (a window's remainder runs as single steps).
-    compile_block: int = 5
+    #: Steps per compiled block of the loop; a window's remainder runs in blocks of 5, then
+    #: single steps. null: the training window, ``trainer.bptt`` (one block per window).
+    compile_block: int | None = None
 
     def __post_init__(self) -> None:
-        for name in ("embedding_size", "hidden_size", "num_layers", "compile_block"):
+        for name in ("embedding_size", "hidden_size", "num_layers"):
             _check_positive("model", name, getattr(self, name))
+        if self.compile_block is not None:
+            _check_positive("model", "compile_block", self.compile_block)
         _check_positive("model", "init_range", self.init_range, allow_zero=True)
         if self.tie_weights and self.embedding_size != self.output_size:
             raise RnnregError(

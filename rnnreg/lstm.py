@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from rnnreg.dropout_settings import InStepDropout, LSTMPath, MemoryScale
-from rnnreg.recurrence import DEFAULT_BLOCK, MemoryForm, Recurrence
+from rnnreg.recurrence import MemoryForm, Recurrence
 from rnnreg.regularizers.layer_masks import StepMasks, draw_layer_masks
 from rnnreg.regularizers.masks import MCDropout
 from rnnreg.regularizers.weights import drop_weight
@@ -63,10 +63,10 @@ class LSTMLayer(nn.Module):
         #: a graph; both eager until :meth:`compile_loop`.
         self._trained = Recurrence()
 
-    def compile_loop(self, block: int = DEFAULT_BLOCK, **options: Any) -> None:
+    def compile_loop(self, block: int = 35, **options: Any) -> None:
         """Run the loop's recurrence under ``torch.compile`` (no effect on the fused path),
-        in blocks of ``block`` steps (:class:`~rnnreg.recurrence.Recurrence`): training,
-        evaluation and every window length share the same compiled code."""
+        in blocks of ``block`` steps, then 5, then 1 (:class:`~rnnreg.recurrence.Recurrence`):
+        training, evaluation and every window length share the same compiled code."""
         if self.path is LSTMPath.loop:
             key = (self.dropout, self.input_size, self.hidden_size)
             self._trained = Recurrence(options, key=key, block=block)

@@ -73,8 +73,9 @@ class LanguageModel(nn.Module):
         if model.compile:
             mode = model.compile_mode.value
             options = {} if mode == "default" else {"mode": mode}
+            block = model.compile_block or 35  # the trainer passes its window's length
             for layer in self.layers:
-                layer.compile_loop(block=model.compile_block, **options)
+                layer.compile_loop(block=block, **options)
         untied = variant.gate_masks is GateMasks.untied
         granularity = variant.activation_granularity
         self.input_dropout = ActivationDropout(
@@ -107,7 +108,7 @@ class LanguageModel(nn.Module):
     @property
     def compilations(self) -> int:
         """Graphs compiled for the loop path's layers (layers of one configuration share)."""
-        shared = {id(layer._trained.copies): layer for layer in self.layers}
+        shared = {layer._trained.key: layer for layer in self.layers}
         return sum(layer.compilations for layer in shared.values())
 
     def reset_parameters(self, init_range: float, scheme: InitScheme = InitScheme.uniform) -> None:

@@ -463,13 +463,20 @@ _ROLES: dict[str, Callable[..., Any]] = {
     "infer": recurrence,
 }
 
-#: The compiled roles per configuration key, shared by the layers that match it, with the
-#: plain copies whose code objects hold dynamo's cache (to count compilations).
-_COMPILED: dict[Hashable, tuple[dict[str, Callable[..., Any]], list[Callable[..., Any]]]] = {}
+#: Compiled functions per (configuration key, role, block length), shared by the layers
+#: that match, each with the plain copy whose code object holds dynamo's cache.
+_COMPILED: dict[Hashable, tuple[Callable[..., Any], Callable[..., Any]]] = {}
 
-#: Steps per compiled block: compiled code sees blocks of this many steps, and single
-#: steps for a window's remainder, whatever the window's length (docs/performance.md).
-DEFAULT_BLOCK = 5
+#: The block lengths under the window's: a remainder runs as blocks of 5, then single
+#: steps (docs/performance.md).
+FINE_BLOCKS = (5, 1)
+
+
+def block_lengths(block: int) -> tuple[int, ...]:
+    """The ladder of compiled block lengths, longest first: ``block``, 5 and 1."""
+    if block < 1:
+        raise ValueError(f"a compiled block needs at least one step, got {block}")
+    return tuple(sorted({block, *(b for b in FINE_BLOCKS if b < block)}, reverse=True))
 
 
 class Recurrence:
@@ -477,47 +484,40 @@ class Recurrence:
 
     ``compile_options`` (a dict, possibly empty) compiles the forward, the backward's
     steps and the graph-free forward of evaluation with ``torch.compile``; ``None`` runs
-    them eagerly, over the whole window. Compiled, a window of T steps runs as ⌊T/K⌋
-    blocks of K = ``block`` steps and T mod K single steps, carrying (h, c) from one to
-    the next: the same equations in the same order, and code that does not depend on T,
-    so variable BPTT, a short last window and evaluation reuse the same compilations.
-    The weight gradient stays one product over the whole window.
+    them eagerly, over the whole window. Compiled, a window of T steps runs as blocks of
+    the ladder :func:`block_lengths` (``block``, then 5, then 1), as many of the longest
+    as fit, carrying (h, c) from one to the next: the same equations in the same order,
+    and code that depends only on the block lengths, so variable BPTT, a short last window
+    and evaluation reuse the same few compilations. The weight gradient stays one
+    product over the whole window. Each (role, block length) compiles its own copy of
+    the function: its own cache and recompile limit.
 
-    Layers giving the same ``key`` (their configuration) share one compiled set; each key
-    has its own compile cache. If compilation gives up (the recompile limit is hit), the
-    recurrence logs a warning and runs eagerly from then on: :attr:`mode` says ``eager``.
+    Layers giving the same ``key`` (their configuration) share the compiled functions.
+    If compilation gives up (the recompile limit is hit), the recurrence logs a warning
+    and runs eagerly from then on: :attr:`mode` says ``eager``.
     """
 
     def __init__(
-        self,
-        compile_options: dict[str, Any] | None = None,
-        key: Hashable = None,
-        block: int = DEFAULT_BLOCK,
+        self, compile_options: dict[str, Any] | None = None, key: Hashable = None, block: int = 35
     ) -> None:
-        if block < 1:
-            raise ValueError(f"a compiled block needs at least one step, got {block}")
-        self.fns: dict[str, Callable[..., Any]] = dict(_ROLES)
-        self.copies: list[Callable[..., Any]] = []
+        self.blocks = block_lengths(block)
         self.compiled = compile_options is not None
-        self.block = block
+        self.options = dict(compile_options or {})
+        self.key = (key, tuple(sorted(self.options.items())))
         #: CUDA graphs (``mode="reduce-overhead"``): a replay overwrites the outputs of the
         #: one before, and a window replays each block's graph several times, so what a
         #: block returns is copied out (:meth:`_run`).
-        self.cudagraphs = (compile_options or {}).get("mode") == "reduce-overhead"
-        if compile_options is not None:
-            cache_key = (key, block, tuple(sorted(compile_options.items())))
-            if cache_key not in _COMPILED:
-                copies = {role: _own_copy(fn) for role, fn in _ROLES.items()}
-                compiled = {
-                    role: torch.compile(fn, **compile_options) for role, fn in copies.items()
-                }
-                _COMPILED[cache_key] = (compiled, list(copies.values()))
-            self.fns, self.copies = dict(_COMPILED[cache_key][0]), _COMPILED[cache_key][1]
+        self.cudagraphs = self.options.get("mode") == "reduce-overhead"
 
     @property
     def mode(self) -> str:
         """``compiled`` or ``eager`` (never compiled, or fell back)."""
         return "compiled" if self.compiled else "eager"
+
+    @property
+    def copies(self) -> list[Callable[..., Any]]:
+        """The plain copies compiled so far for this configuration."""
+        return [copy for (key, *_), (_, copy) in _COMPILED.items() if key == self.key]
 
     @property
     def compilations(self) -> int:
@@ -530,17 +530,26 @@ class Recurrence:
         """The (first, stop) steps of each piece a window of ``steps`` runs as."""
         if not self.compiled:
             return [(0, steps)]
-        whole = steps - steps % self.block
-        blocks = [(t, t + self.block) for t in range(0, whole, self.block)]
-        return blocks + [(t, t + 1) for t in range(whole, steps)]
+        spans, first = [], 0
+        for length in self.blocks:
+            while steps - first >= length:
+                spans.append((first, first + length))
+                first += length
+        return spans
+
+    def _compiled(self, which: str, length: int) -> Callable[..., Any]:
+        cache_key = (self.key, which, length)
+        if cache_key not in _COMPILED:
+            copy = _own_copy(_ROLES[which])
+            _COMPILED[cache_key] = (torch.compile(copy, **self.options), copy)
+        return _COMPILED[cache_key][0]
 
     def _run(self, which: str, *args: Any) -> tuple[torch.Tensor, ...]:
-        fn = self.fns[which]
         if not self.compiled:
-            return fn(*args)
+            return _ROLES[which](*args)
         try:
             with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):
-                result = fn(*args)
+                result = self._compiled(which, args[0].size(0))(*args)
             return tuple(t.clone() for t in result) if self.cudagraphs else result
         except torch._dynamo.exc.FailOnRecompileLimitHit:
             log.warning(
@@ -549,7 +558,6 @@ class Recurrence:
                 which,
             )
             self.compiled = self.cudagraphs = False
-            self.fns = dict(_ROLES)
             return self._run(which, *args)
 
     def infer(

@@ -8,6 +8,7 @@ resumed. ``summary.json`` is :func:`run_summary`.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import random
@@ -157,7 +158,10 @@ class TrainedParts:
     @classmethod
     def build(cls, run: RunConfig, vocab_size: int, device: torch.device) -> TrainedParts:
         """A freshly initialised model (from the current seed) and its optimizer."""
-        model = LanguageModel(vocab_size, run.model, run.variant, run.trainer.precision)
+        model_cfg = run.model
+        if model_cfg.compile_block is None:  # one compiled block per training window
+            model_cfg = dataclasses.replace(model_cfg, compile_block=run.trainer.bptt)
+        model = LanguageModel(vocab_size, model_cfg, run.variant, run.trainer.precision)
         model = model.to(device)
         optimizer, schedule = build_optimizer(run.optim, model.parameters())
         averaging = NonMonotoneAveraging(run.optim.nonmono)

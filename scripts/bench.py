@@ -54,6 +54,7 @@ class Case:
     path: str
     compile_mode: str
     precision: str
+    block: int | None = None  # model.compile_block (None: the default, trainer.bptt)
     trainer: Trainer | None = None
     rates: list[float] = field(default_factory=list)
     peak_mb: float = 0.0
@@ -61,7 +62,8 @@ class Case:
 
     @property
     def label(self) -> str:
-        return f"{self.variant}/{self.path}/{self.compile_mode}/{self.precision}"
+        block = "" if self.block is None else f"/block{self.block}"
+        return f"{self.variant}/{self.path}/{self.compile_mode}/{self.precision}{block}"
 
 
 def corpus(rows: int, batch: int) -> Corpus:
@@ -82,6 +84,8 @@ def overrides_for(case: Case, args: argparse.Namespace) -> list[str]:
         extra.append(f"model.compile_mode={case.compile_mode}")
     if case.precision != "fp32":
         extra.append(f"trainer.precision={case.precision}")
+    if case.block is not None:
+        extra.append(f"model.compile_block={case.block}")
     return extra + list(args.override)
 
 
@@ -206,6 +210,8 @@ def table(model: str, cases: list[Case], args: argparse.Namespace) -> str:
         base = bases.get(case.precision)
         ratio = f"{median / base:.2f}" if base else "–"
         spread = f"{min(case.rates):.0f}-{max(case.rates):.0f}"
+        if case.block is not None:
+            path += f" (block {case.block})"
         lines.append(
             f"| {case.variant} | {path} | {case.compile_mode} | {case.precision} | "
             f"{median:.0f} | {ratio} | {case.peak_mb:.0f} | {spread} |"
@@ -226,7 +232,9 @@ def cases_for(model: str, args: argparse.Namespace) -> list[Case]:
             continue  # the fused path compiles nothing: one row per precision
         if path == "fused" and not fused_variant(variant):
             continue
-        cases.append(Case(model, variant, path, mode, precision))
+        loop = path == "loop" or not fused_variant(variant)
+        for block in args.compile_blocks if loop else [None]:
+            cases.append(Case(model, variant, path, mode, precision, block))
     return cases
 
 
@@ -248,6 +256,13 @@ def main() -> None:
     )
     parser.add_argument("--compile-modes", nargs="+", default=["default"])
     parser.add_argument("--precisions", nargs="+", default=["fp32"])
+    parser.add_argument(
+        "--compile-blocks",
+        nargs="+",
+        type=int,
+        default=[None],
+        help="model.compile_block values for the loop path (default: trainer.bptt)",
+    )
     parser.add_argument("--device", default="auto")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=3)

@@ -17,6 +17,7 @@ TINY = [
     "trainer.bptt=8",
     "eval.batch_size=4",
     "trainer.threads=1",
+    "trainer.device=cpu",
 ]
 
 

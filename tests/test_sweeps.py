@@ -29,6 +29,7 @@ TINY = [
     "trainer.bptt=8",
     "eval.batch_size=4",
     "trainer.max_steps=15",
+    "trainer.device=cpu",
 ]
 
 

@@ -48,6 +48,7 @@ def test_hydra_run_writes_tensorboard_csv_and_summary(tiny_data: Path, tmp_path:
             "trainer.bptt=8",
             "eval.batch_size=4",
             "trainer.threads=1",
+            "trainer.device=cpu",
             f"hydra.run.dir={run_dir}",
         ],
         cwd=tmp_path,
