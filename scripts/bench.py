@@ -165,7 +165,9 @@ def bench_model(model: str, cases: list[Case], args: argparse.Namespace, folder:
             case.error = str(exc).strip().splitlines()[0][:80] if str(exc).strip() else "error"
             print(f"  {model} {case.label}: {case.error}")
     order = list(live)
-    for _ in range(args.rounds):
+    for round_index in range(args.rounds):
+        if round_index and args.time_budget and time.monotonic() - STARTED > args.time_budget:
+            break  # fewer rounds, every built configuration measured
         for case in order:
             assert case.trainer is not None
             reset_peak(case.trainer.device)
@@ -188,9 +190,10 @@ def table(model: str, cases: list[Case], args: argparse.Namespace) -> str:
     if device is not None and device.type == "cuda":
         where = torch.cuda.get_device_name(device)
     memory = "max_memory_allocated MB" if where != "cpu" else "peak RSS MB"
+    rounds = max((len(case.rates) for case in cases), default=0)
     lines = [
         f"model={model} (batch {batch}, bptt {bptt}) on {where}, {torch.get_num_threads()} "
-        f"threads, torch {torch.__version__}, {args.rounds} rounds x {args.steps} steps",
+        f"threads, torch {torch.__version__}, {rounds} rounds x {args.steps} steps",
         "",
         f"| variant | path | compile | precision | tokens/s | ratio to none | {memory} | spread |",
         "|---|---|---|---|---:|---:|---:|---|",
@@ -286,8 +289,8 @@ def main() -> None:
             print("\n" + text + "\n")
             sys.stdout.flush()
             tables.append(text)
-    if args.markdown is not None:
-        args.markdown.write_text("\n\n".join(tables) + "\n")
+            if args.markdown is not None:  # after each size: a time limit keeps the rest
+                args.markdown.write_text("\n\n".join(tables) + "\n")
 
 
 if __name__ == "__main__":
