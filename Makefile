@@ -104,7 +104,7 @@ report: $(STAMP) ## the perplexity table of every run under outputs/ (or OUTPUTS
 
 rescore: $(STAMP) ## cache pointer + dynamic evaluation of a finished run, settings chosen on validation: make rescore RUN=<dir>
 	@test -n "$(RUN)" || { echo "make rescore needs RUN=<run directory>"; exit 2; }
-	$(PY) -m rnnreg.rescore $(abspath $(RUN)) --grid $(ARGS)
+	$(PY) -m rnnreg.cli.rescore $(abspath $(RUN)) --grid $(ARGS)
 
 results: $(STAMP) ## regenerate results/README.md (the ledger table) from results/runs/*.json
 	$(PY) -m rnnreg.ledger table

@@ -1,5 +1,6 @@
 """rnnreg: the Penn Treebank comparisons of LSTM dropout variants, under one roof."""
 
+import sys
 from pathlib import Path
 
 __version__ = "0.1.0"
@@ -18,3 +19,9 @@ class RnnregError(Exception):
 
 class RunInUse(RnnregError):
     """Another live process is training the same run directory."""
+
+
+def error_exit(message: object) -> int:
+    """Print the one line ``rnnreg: error: <message>`` on stderr; return exit status 2."""
+    print(f"rnnreg: error: {message}", file=sys.stderr)
+    return 2

@@ -4,9 +4,9 @@
     python scripts/bench.py --models small medium large --paths auto loop \\
         --compile-modes default reduce-overhead --precisions fp32 tf32 bf16
 
-The step timed is :meth:`rnnreg.trainer.Trainer._train_step` on a Trainer built from the
+The step timed is :meth:`rnnreg.training.trainer.Trainer._train_step` on a Trainer built from the
 composed config (``variant=<v> model=<size>`` plus the options below): the loss of
-``rnnreg.loss`` (× bptt, AR/TAR where the variant has them), the configured clip, the
+``rnnreg.training.loss`` (× bptt, AR/TAR where the variant has them), the configured clip, the
 finite-guarded SGD update, NT-ASGD bookkeeping: exactly what a run does per window. Tokens
 are random ids over a 10,000-word vocabulary (speed does not depend on them).
 
@@ -35,10 +35,10 @@ from pathlib import Path
 import torch
 from hydra import compose, initialize_config_dir
 
-from rnnreg.config import CONF_DIR, group_options, register, to_run_config
-from rnnreg.data import Corpus
-from rnnreg.train import tune_malloc
-from rnnreg.trainer import Trainer
+from rnnreg.config.schema import CONF_DIR, group_options, register, to_run_config
+from rnnreg.core.malloc import tune_malloc
+from rnnreg.data.corpus import Corpus
+from rnnreg.training.trainer import Trainer
 
 VOCAB = 10_000
 STARTED = time.monotonic()
@@ -207,7 +207,7 @@ def table(model: str, cases: list[Case], args: argparse.Namespace) -> str:
             continue
         assert case.trainer is not None
         model_ = case.trainer.model
-        # what actually ran: a loop that fell back to eager says so (rnnreg/recurrence.py)
+        # what actually ran: a loop that fell back to eager says so (rnnreg/model/recurrence.py)
         path = model_.lstm_path + (f"-{model_.loop_mode}" if model_.loop_mode else "")
         median = statistics.median(case.rates)
         base = bases.get(case.precision)
@@ -245,7 +245,7 @@ def fused_variant(variant: str) -> bool:
     """Whether the variant runs on the fused path under ``model.lstm_impl=auto``."""
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         run = to_run_config(compose("config", overrides=[f"variant={variant}"]))
-    from rnnreg.model import in_step_dropout
+    from rnnreg.model.lm import in_step_dropout
 
     return not in_step_dropout(run.variant, 0).needs_loop
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 
-from rnnreg.config import CONF_DIR, group_options, register, to_run_config
+from rnnreg.config.schema import CONF_DIR, group_options, register, to_run_config
 
 NUMBERS = ("best_val_ppl", "last_val_ppl", "test_ppl_best", "test_ppl_final")
 MC_NUMBERS = ("val_ppl_mc", "test_ppl_mc")
@@ -31,7 +31,7 @@ CASES = [(name, [f"variant={name}"]) for name in group_options("variant")] + [
 
 
 def run_case(overrides: list[str], steps: int, folder: Path) -> dict[str, float]:
-    from rnnreg.trainer import Trainer
+    from rnnreg.training.trainer import Trainer
 
     base = [
         f"trainer.max_steps={steps}",

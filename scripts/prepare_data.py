@@ -15,8 +15,8 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 
 from rnnreg import RnnregError
-from rnnreg.config import CONF_DIR, register, to_run_config
-from rnnreg.data import load_corpus, split_paths
+from rnnreg.config.schema import CONF_DIR, register, to_run_config
+from rnnreg.data.corpus import load_corpus, split_paths
 
 
 def verify_checksums(folder: Path) -> list[str]:

@@ -13,8 +13,8 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from rnnreg.config import CONF_DIR, RunConfig, register, to_run_config
-from rnnreg.trainer import Trainer
+from rnnreg.config.schema import CONF_DIR, RunConfig, register, to_run_config
+from rnnreg.training.trainer import Trainer
 
 REPO = Path(__file__).resolve().parent.parent
 #: The real corpora: $RNNREG_DATA_DIR (CI sets it), else ../shared/data beside the clone.

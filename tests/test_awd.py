@@ -12,13 +12,13 @@ import pytest
 import torch
 
 from rnnreg import RnnregError
-from rnnreg.data import variable_bptt_length
-from rnnreg.evaluate import Evaluation
-from rnnreg.model import LanguageModel, count_parameters
-from rnnreg.optim import NonMonotoneAveraging
-from rnnreg.records import load_checkpoint
-from rnnreg.regularizers.activations import activation_regularization
-from rnnreg.trainer import BEST, LAST, Trainer
+from rnnreg.data.batching import variable_bptt_length
+from rnnreg.evaluation.perplexity import Evaluation
+from rnnreg.model.lm import LanguageModel, count_parameters
+from rnnreg.model.regularizers.activations import activation_regularization
+from rnnreg.records.checkpoint import BEST, LAST, load_checkpoint
+from rnnreg.training.averaging import NonMonotoneAveraging
+from rnnreg.training.trainer import Trainer
 from tests.conftest import at_step, write_tiny_corpus
 
 
@@ -40,7 +40,7 @@ def test_awd_model_has_the_papers_24m_parameters(make_config) -> None:
 def test_awd_variant_and_optimizer_settings() -> None:
     from hydra import compose, initialize_config_dir
 
-    from rnnreg.config import CONF_DIR, to_run_config
+    from rnnreg.config.schema import CONF_DIR, to_run_config
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         run = to_run_config(compose("config", overrides=["experiment=awd_ptb"]))
@@ -139,7 +139,7 @@ def scripted_validation(monkeypatch, losses: list[float]) -> list[torch.nn.Modul
         evaluated.append(model)
         return Evaluation((queue.pop(0) if queue else 1.0) * 100, 100)
 
-    monkeypatch.setattr("rnnreg.trainer.evaluate", fake_evaluate)
+    monkeypatch.setattr("rnnreg.training.trainer.evaluate", fake_evaluate)
     return evaluated
 
 

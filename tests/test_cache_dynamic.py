@@ -7,10 +7,10 @@ import math
 import pytest
 import torch
 
-from rnnreg.cache_pointer import cache_scores, evaluate_cache
-from rnnreg.dynamic_eval import evaluate_dynamic, gradient_statistics
-from rnnreg.evaluate import evaluate
-from rnnreg.model import Activations, LanguageModel
+from rnnreg.evaluation.cache_pointer import cache_scores, evaluate_cache
+from rnnreg.evaluation.dynamic import evaluate_dynamic, gradient_statistics
+from rnnreg.evaluation.perplexity import evaluate
+from rnnreg.model.lm import Activations, LanguageModel
 
 V = 7
 
@@ -145,7 +145,7 @@ def test_gradient_statistics_are_root_mean_squares(make_config) -> None:
     model = tiny_model(make_config)
     train = stream(400, seed=4)[:, 0]
     ms = gradient_statistics(model, train, segment=5, batch_size=4, max_batches=2)
-    from rnnreg.data import batchify, windows
+    from rnnreg.data.batching import batchify, windows
 
     data, state, squares = batchify(train, 4), model.init_state(4), None
     for count, (_, inputs, targets) in enumerate(windows(data, 5)):
@@ -169,8 +169,8 @@ FAST_EXTRAS = (
 
 
 def test_a_run_reports_cache_and_dynamic_evaluations(make_config, tmp_path) -> None:
-    from rnnreg.report import build_report
-    from rnnreg.trainer import Trainer
+    from rnnreg.reporting.report import build_report
+    from rnnreg.training.trainer import Trainer
 
     run = make_config(
         "trainer.epochs=1", "eval.cache.enabled=true", "eval.dynamic.enabled=true", *FAST_EXTRAS
@@ -186,8 +186,8 @@ def test_rescore_an_existing_run_with_settings_chosen_on_validation(make_config,
     import json
 
     from rnnreg import RnnregError
-    from rnnreg.rescore import main, rescore
-    from rnnreg.trainer import Trainer
+    from rnnreg.cli.rescore import main, rescore
+    from rnnreg.training.trainer import Trainer
 
     run_dir = tmp_path / "run"
     Trainer(make_config("trainer.epochs=1"), run_dir).fit()

@@ -15,13 +15,13 @@ import torch
 from conftest import at_step
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from rnnreg.config import Precision, group_options
-from rnnreg.evaluate import evaluate
-from rnnreg.optim import FiniteSGD
-from rnnreg.precision import FLAGS, apply_precision, backend_precision
-from rnnreg.records import LAST, load_checkpoint, save_checkpoint
-from rnnreg.recurrence import InStepMasks, backward_steps, forward_saving
-from rnnreg.trainer import Trainer
+from rnnreg.config.schema import Precision, group_options
+from rnnreg.core.precision import FLAGS, apply_precision, backend_precision
+from rnnreg.evaluation.perplexity import evaluate
+from rnnreg.model.recurrence import InStepMasks, backward_steps, forward_saving
+from rnnreg.records.checkpoint import LAST, load_checkpoint, save_checkpoint
+from rnnreg.training.optim import FiniteSGD
+from rnnreg.training.trainer import Trainer
 
 VARIANTS = group_options("variant")
 
@@ -208,12 +208,12 @@ def test_a_checkpoint_from_another_device_resumes_with_one_line(
 
 
 def test_a_checkpoint_loads_on_the_cpu_whatever_the_device(make_config, tmp_path: Path) -> None:
-    from rnnreg.resume import load_resumable
+    from rnnreg.training.resume import load_resumable
 
     run_dir = tmp_path / "run"
     run = make_config("trainer.max_steps=5")
     Trainer(run, run_dir).fit()
-    from rnnreg.config import as_plain_dict
+    from rnnreg.config.schema import as_plain_dict
 
     _, ckpt = load_resumable(run_dir, as_plain_dict(run))
     assert ckpt["rng"]["torch"].device.type == "cpu"

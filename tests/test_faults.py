@@ -1,7 +1,7 @@
 """Nothing lost: kill -9 at any moment, corrupt checkpoints, changed configs, full disks.
 
 The subprocess tests here are marked ``slow`` (``make test-fast`` leaves them out; CI
-runs them). Fault points are the hooks of ``rnnreg/testhooks.py``.
+runs them). Fault points are the hooks of ``rnnreg/core/testhooks.py``.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ import pytest
 from conftest import DEVICES
 
 from rnnreg import RnnregError
-from rnnreg.records import load_checkpoint, previous_checkpoint
-from rnnreg.trainer import LAST, Trainer
+from rnnreg.records.checkpoint import LAST, load_checkpoint, previous_checkpoint
+from rnnreg.training.trainer import Trainer
 from tests.conftest import at_step
 
 #: The columns that a resumed run must reproduce exactly (time-dependent ones excluded).
@@ -125,7 +125,7 @@ def test_resuming_may_extend_the_run_and_change_how_it_runs(make_config, tmp_pat
 def test_a_full_disk_is_one_line_and_leaves_no_half_written_file(
     make_config, tmp_path: Path, monkeypatch
 ) -> None:
-    import rnnreg.files
+    import rnnreg.core.files
 
     run_dir = tmp_path / "run"
     real_fsync = os.fsync
@@ -134,13 +134,13 @@ def test_a_full_disk_is_one_line_and_leaves_no_half_written_file(
         def fsync(fd: int) -> None:
             raise OSError(errno.ENOSPC, "No space left on device")
 
-        monkeypatch.setattr(rnnreg.files.os, "fsync", fsync)
+        monkeypatch.setattr(rnnreg.core.files.os, "fsync", fsync)
 
     trainer = Trainer(make_config("variant=zaremba", "trainer.epochs=2"), run_dir)
     at_step(monkeypatch, trainer.windows_per_epoch + 3, full_disk)  # the disk fills in epoch 2
     with pytest.raises(RnnregError) as caught:
         trainer.fit()
-    monkeypatch.setattr(rnnreg.files.os, "fsync", real_fsync)
+    monkeypatch.setattr(rnnreg.core.files.os, "fsync", real_fsync)
     message = str(caught.value)
     assert "\n" not in message and "No space left on device" in message
     leftovers = [p.name for p in run_dir.rglob("*.tmp")]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from rnnreg.ledger import difference, entry_from_run, record, verdict, write_table
+from rnnreg.reporting.ledger import difference, entry_from_run, record, verdict, write_table
 
 
 def fake_run(root: Path, status: str, val: float, test: float | None, epochs: int) -> Path:
@@ -130,7 +130,7 @@ def test_each_entry_keeps_its_curve_and_a_logged_preset_is_compared_epoch_by_epo
     tmp_path: Path,
 ) -> None:
     """metrics.csv beside the entry; a figure per entry; for experiment=gal_large_log a
-    table of our validation perplexity against Gal's own log (rnnreg/reference)."""
+    table of our validation perplexity against Gal's own log (rnnreg/reporting/reference)."""
     run_dir = fake_run(tmp_path, "partial", val=290.0, test=None, epochs=2)
     overrides = run_dir / ".hydra" / "overrides.yaml"
     overrides.write_text(overrides.read_text().replace("zaremba_medium", "gal_large_log"))

@@ -8,11 +8,11 @@ import pytest
 import torch
 from torch import nn
 
-from rnnreg.config import Precision
-from rnnreg.dropout_settings import MemoryScale
-from rnnreg.lstm import InStepDropout, LSTMLayer, StepMasks
-from rnnreg.precision import apply_precision
-from rnnreg.regularizers.masks import Granularity
+from rnnreg.config.dropout import MemoryScale
+from rnnreg.config.schema import Precision
+from rnnreg.core.precision import apply_precision
+from rnnreg.model.lstm import InStepDropout, LSTMLayer, StepMasks
+from rnnreg.model.regularizers.masks import Granularity
 
 N_IN, H, T, B = 5, 6, 7, 4
 

@@ -7,8 +7,14 @@ import math
 import pytest
 import torch
 
-from rnnreg.regularizers import ActivationDropout, Granularity, apply_mask, draw_mask, mask_shape
-from rnnreg.regularizers.masks import keep_from_bits, keep_from_uniform
+from rnnreg.model.regularizers import (
+    ActivationDropout,
+    Granularity,
+    apply_mask,
+    draw_mask,
+    mask_shape,
+)
+from rnnreg.model.regularizers.masks import keep_from_bits, keep_from_uniform
 
 
 @pytest.mark.parametrize("p", [0.2, 0.5, 0.65])

@@ -5,11 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rnnreg.config import group_options
-from rnnreg.data import batchify
-from rnnreg.evaluate import evaluate, evaluate_mc
-from rnnreg.model import LanguageModel
-from rnnreg.regularizers.masks import HeldMasks, MCDropout
+from rnnreg.config.schema import group_options
+from rnnreg.data.batching import batchify
+from rnnreg.evaluation.mc import evaluate_mc
+from rnnreg.evaluation.perplexity import evaluate
+from rnnreg.model.lm import LanguageModel
+from rnnreg.model.regularizers.masks import HeldMasks, MCDropout
 
 ALL_VARIANTS = group_options("variant")
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from rnnreg.config import ModelConfig, VariantConfig
-from rnnreg.model import LanguageModel, count_parameters
+from rnnreg.config.schema import ModelConfig, VariantConfig
+from rnnreg.model.lm import LanguageModel, count_parameters
 
 SMALL = ModelConfig(name="t", embedding_size=12, hidden_size=12, num_layers=2, init_range=0.1)
 ZAREMBA = VariantConfig(name="zaremba", p_input=0.5, p_between=0.5, p_output=0.5)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rnnreg.recurrence import (
+from rnnreg.model.recurrence import (
     InStepMasks,
     MemoryForm,
     Recurrence,

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from rnnreg import RnnregError
-from rnnreg.report import build_report, main
+from rnnreg.reporting.report import build_report, main
 
 
 def fake_run(

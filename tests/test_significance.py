@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from scipy import stats
 
-from rnnreg.report import build_report
-from rnnreg.significance import compare_to_reference, holm, mean_interval, sentence, welch
+from rnnreg.reporting.report import build_report
+from rnnreg.reporting.significance import compare_to_reference, holm, mean_interval, sentence, welch
 from tests.test_report import fake_run
 
 A = [101.0, 103.5, 102.2]

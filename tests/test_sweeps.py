@@ -12,11 +12,11 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from rnnreg import RunInUse
-from rnnreg.config import CONF_DIR
-from rnnreg.report import build_report
-from rnnreg.runtime import exclusive_run
-from rnnreg.train import threads_per_job
-from rnnreg.trainer import Trainer
+from rnnreg.cli.train import threads_per_job
+from rnnreg.config.schema import CONF_DIR
+from rnnreg.core.process import exclusive_run
+from rnnreg.reporting.report import build_report
+from rnnreg.training.trainer import Trainer
 from tests.conftest import at_step
 from tests.test_train import RESUME_SETTINGS, _outcome, train
 
@@ -150,7 +150,7 @@ def test_a_relaunched_sweep_skips_completed_runs_and_extends_changed_ones(
 
     with monkeypatch.context() as patch:
         patch.setattr(Trainer, "_train_step", no_training)
-        patch.setattr(Trainer, "_final_evaluation", no_training)
+        patch.setattr(Trainer, "_finish", no_training)
         # how a run executes (threads, progress display) is not what it computes
         rerun = make_config(*settings, "trainer.threads=2", "trainer.progress=log")
         again = Trainer(rerun, tmp_path / "job").fit()
@@ -172,7 +172,7 @@ def test_a_run_directory_is_locked_while_trained_and_freed_when_its_owner_dies(
             "-c",
             "import sys, time\n"
             "from pathlib import Path\n"
-            "from rnnreg.runtime import exclusive_run\n"
+            "from rnnreg.core.process import exclusive_run\n"
             "with exclusive_run(Path(sys.argv[1])):\n"
             "    print('locked', flush=True)\n"
             "    time.sleep(120)\n",

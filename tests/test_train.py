@@ -13,11 +13,11 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from rnnreg.config import CONF_DIR, to_run_config
-from rnnreg.optim import StepDecay
-from rnnreg.records import load_checkpoint
-from rnnreg.train import train
-from rnnreg.trainer import LAST, Trainer
+from rnnreg.cli.train import train
+from rnnreg.config.schema import CONF_DIR, to_run_config
+from rnnreg.records.checkpoint import LAST, load_checkpoint
+from rnnreg.training.optim import StepDecay
+from rnnreg.training.trainer import Trainer
 from tests.conftest import at_step
 
 REPO = Path(__file__).resolve().parent.parent
@@ -235,8 +235,8 @@ def test_a_second_run_in_the_same_directory_needs_resume(make_config, tmp_path: 
 
 
 def test_plateau_schedule_divides_when_validation_stalls() -> None:
-    from rnnreg.config import OptimConfig, Schedule
-    from rnnreg.optim import build_optimizer
+    from rnnreg.config.schema import OptimConfig, Schedule
+    from rnnreg.training.optim import build_optimizer
 
     cfg = OptimConfig(lr=1.0, schedule=Schedule.plateau, lr_decay_factor=1.5)
     optimizer, schedule = build_optimizer(cfg, [torch.nn.Parameter(torch.zeros(2))])
@@ -258,8 +258,8 @@ def test_summary_records_the_lstm_path_and_mc_perplexities(make_config, tmp_path
 
 def test_device_selection() -> None:
     from rnnreg import RnnregError
-    from rnnreg.config import Device
-    from rnnreg.runtime import select_device
+    from rnnreg.config.schema import Device
+    from rnnreg.core.runtime import select_device
 
     expected = "cuda" if torch.cuda.is_available() else "cpu"
     assert select_device(Device.auto).type == expected
@@ -273,8 +273,8 @@ def test_device_selection() -> None:
 def test_test_perplexity_of_final_and_best_weights(make_config, tmp_path: Path, weights):
     """Both test perplexities are recorded; ``test_ppl`` is the one eval.test_weights names,
     each computed from the weights it claims (last.pt after the last epoch, best.pt)."""
-    from rnnreg.evaluate import evaluate
-    from rnnreg.model import LanguageModel
+    from rnnreg.evaluation.perplexity import evaluate
+    from rnnreg.model.lm import LanguageModel
 
     # lr 20 overshoots after the first epochs: the best epoch is not the last
     run = make_config(
@@ -304,8 +304,8 @@ def test_a_refused_launch_leaves_the_runs_record_untouched(make_config, tmp_path
     """``.hydra/`` holds the latest *accepted* launch: a run in use or a changed config on
     resume is refused before anything in the run directory changes."""
     from rnnreg import RnnregError, RunInUse
-    from rnnreg.records import LaunchRecord
-    from rnnreg.runtime import exclusive_run
+    from rnnreg.core.process import exclusive_run
+    from rnnreg.records.launch import LaunchRecord
 
     run_dir, hydra_dir = tmp_path / "run", tmp_path / "run" / ".hydra"
     settings = ("trainer.max_steps=10", "trainer.epochs=1")
@@ -345,7 +345,7 @@ def test_a_refused_launch_leaves_the_runs_record_untouched(make_config, tmp_path
 def test_a_copy_without_git_records_the_declared_commit(monkeypatch) -> None:
     """A tree shipped without .git (cluster node, GPU machine) names its commit by
     $RNNREG_GIT_COMMIT, marked as a copy; without it the commit is unknown (None)."""
-    from rnnreg import runtime
+    from rnnreg.records import provenance as runtime
 
     def no_git(*args: str) -> str:
         raise subprocess.CalledProcessError(128, ["git", *args])

@@ -8,9 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rnnreg.config import group_options
-from rnnreg.model import LanguageModel
-from rnnreg.regularizers.embedding import embed_with_type_dropout
+from rnnreg.config.schema import group_options
+from rnnreg.model.lm import LanguageModel
+from rnnreg.model.regularizers.embedding import embed_with_type_dropout
 
 FUSED = {"none", "zaremba", "weight_drop"}
 ALL = ["gal", "gal_untied", "moon", "none", "semeniuta", "weight_drop", "zaremba", "zoneout"]

@@ -1,0 +1,190 @@
+"""Evaluate a finished run again, beyond the standard pass: cache pointer and dynamic
+evaluation, without training.
+
+    python -m rnnreg.rescore <run dir> [eval.cache.enabled=true] [eval.dynamic.enabled=true]
+                             [eval.cache.theta=1.0 ...] [--grid]
+
+The run's own resolved config (from its checkpoint) is used, with the given ``eval.*``
+overrides. The weights are those of ``eval.test_weights`` (``best``: ``best.pt``;
+``final``: ``last.pt``, its averaged weights under NT-ASGD). ``--grid`` chooses θ and λ
+of the cache (``eval.cache.theta_grid`` x ``interpolation_grid``) and η, λ of dynamic
+evaluation (``eval.dynamic.lr_grid`` x ``decay_grid``, on the first ``grid_tokens``
+validation tokens) on the validation set, never on test. The results go into the run's
+``summary.json`` (``val_ppl_cache``, ``test_ppl_cache``, ``val_ppl_dynamic``,
+``test_ppl_dynamic``, the settings used, and tokens/s of each evaluation next to the
+standard one at batch 1), its TensorBoard events, and ``rescore.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from rnnreg import RnnregError, error_exit
+from rnnreg.config.schema import RunConfig, TestWeights, register
+from rnnreg.core.files import atomic_write_bytes
+from rnnreg.core.precision import apply_precision
+from rnnreg.data.batching import batchify
+from rnnreg.data.corpus import load_corpus
+from rnnreg.evaluation.cache_pointer import cache_scores
+from rnnreg.evaluation.dynamic import evaluate_dynamic, gradient_statistics
+from rnnreg.evaluation.perplexity import evaluate
+from rnnreg.model.lm import LanguageModel
+from rnnreg.records.checkpoint import BEST, LAST, load_checkpoint
+from rnnreg.records.recorder import TensorBoard
+from rnnreg.records.summary import write_summary
+
+
+def load_run(run_dir: Path, overrides: list[str]) -> tuple[RunConfig, dict[str, Any]]:
+    """The run's config with ``eval.*`` overrides, and the weights to evaluate."""
+    last = load_checkpoint(run_dir / "checkpoints" / LAST)
+    bad = [o for o in overrides if not o.split("=", 1)[0].startswith("eval.")]
+    if bad:
+        raise RnnregError(f"only eval.* settings can change when rescoring, not {bad[0]}")
+    try:
+        merged = OmegaConf.merge(
+            OmegaConf.structured(RunConfig), last["config"], OmegaConf.from_dotlist(overrides)
+        )
+        run = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as exc:
+        raise RnnregError(f"invalid override: {str(exc).splitlines()[0]}") from exc
+    assert isinstance(run, RunConfig)
+    if run.eval.test_weights is TestWeights.best and (run_dir / "checkpoints" / BEST).exists():
+        return run, load_checkpoint(run_dir / "checkpoints" / BEST)["model"]
+    averaged = (last.get("averaging") or {}).get("averaged")
+    if averaged:  # NT-ASGD: the averaged weights are the final ones
+        prefix = "module."
+        return run, {k[len(prefix) :]: v for k, v in averaged.items() if k.startswith(prefix)}
+    return run, last["model"]
+
+
+def _timed(fn: Any, *args: Any, **kwargs: Any) -> tuple[Any, float]:
+    start = time.perf_counter()
+    result = fn(*args, **kwargs)
+    return result, time.perf_counter() - start
+
+
+def rescore(run_dir: Path, overrides: list[str], grid: bool) -> dict[str, Any]:
+    run, weights = load_run(run_dir, overrides)
+    if run.trainer.threads:
+        torch.set_num_threads(run.trainer.threads)
+    corpus = load_corpus(run.dataset)
+    model_cfg = dataclasses.replace(run.model, compile=False)
+    apply_precision(run.trainer.precision)
+    model = LanguageModel(corpus.vocab_size, model_cfg, run.variant, run.trainer.precision)
+    model.load_state_dict(weights)
+    model.eval()
+    streams = {"val": batchify(corpus.valid, 1), "test": batchify(corpus.test, 1)}
+    e, c, d = run.eval, run.eval.cache, run.eval.dynamic
+    out: dict[str, Any] = {"rescored_weights": e.test_weights.value, "eval_tokens_per_s": {}}
+    tokens = {split: stream.size(0) - 1 for split, stream in streams.items()}
+    seconds = 0.0
+    for split, stream in streams.items():
+        standard, took = _timed(evaluate, model, stream, e.bptt)
+        out[f"{split}_ppl_batch1"] = standard.perplexity
+        seconds += took
+    out["eval_tokens_per_s"]["standard"] = sum(tokens.values()) / seconds
+    if c.enabled or grid:
+        thetas = sorted(set(c.theta_grid) | {c.theta}) if grid else [c.theta]
+        val, took = _timed(
+            cache_scores, model, streams["val"], e.bptt, c.window, thetas, c.similarity.value
+        )
+        theta, lam = c.theta, c.interpolation
+        if grid:
+            pairs = itertools.product(thetas, sorted(set(c.interpolation_grid) | {lam}))
+            theta, lam = min(pairs, key=lambda tl: val.evaluation(*tl).perplexity)
+        test, took_test = _timed(
+            cache_scores, model, streams["test"], e.bptt, c.window, [theta], c.similarity.value
+        )
+        out["val_ppl_cache"] = val.evaluation(theta, lam).perplexity
+        out["test_ppl_cache"] = test.evaluation(theta, lam).perplexity
+        out["cache"] = {
+            "window": c.window,
+            "theta": theta,
+            "interpolation": lam,
+            "similarity": c.similarity.value,
+            "chosen_on_validation": grid,
+        }
+        out["eval_tokens_per_s"]["cache"] = tokens["test"] / took_test
+    if d.enabled or grid:
+        ms, stats_s = _timed(
+            gradient_statistics,
+            model,
+            corpus.train,
+            d.segment,
+            d.stats_batch_size,
+            d.stats_max_batches,
+        )
+        lr, decay = d.lr, d.decay
+        if grid:
+            head = streams["val"][: d.grid_tokens + 1]
+            pairs = itertools.product(
+                sorted(set(d.lr_grid) | {lr}), sorted(set(d.decay_grid) | {decay})
+            )
+            lr, decay = min(
+                pairs,
+                key=lambda ld: (
+                    evaluate_dynamic(model, head, ms, ld[0], ld[1], d.epsilon, d.segment).perplexity
+                ),
+            )
+        for split, stream in streams.items():
+            dynamic, took = _timed(
+                evaluate_dynamic, model, stream, ms, lr, decay, d.epsilon, d.segment
+            )
+            out[f"{split}_ppl_dynamic"] = dynamic.perplexity
+        out["dynamic"] = {
+            "lr": lr,
+            "decay": decay,
+            "epsilon": d.epsilon,
+            "segment": d.segment,
+            "stats_batch_size": d.stats_batch_size,
+            "stats_max_batches": d.stats_max_batches,
+            "stats_seconds": stats_s,
+            "chosen_on_validation": grid,
+        }
+        out["eval_tokens_per_s"]["dynamic"] = tokens["test"] / took
+    record(run_dir, out)
+    return out
+
+
+def record(run_dir: Path, out: dict[str, Any]) -> None:
+    """Into ``rescore.json``, ``summary.json`` and the TensorBoard events."""
+    atomic_write_bytes(run_dir / "rescore.json", (json.dumps(out, indent=2) + "\n").encode())
+    summary_path = run_dir / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    write_summary(summary_path, {**summary, **out})
+    tb = TensorBoard(run_dir / "tb")
+    scalars = {k: v for k, v in out.items() if k.startswith(("val_ppl_", "test_ppl_"))}
+    tb.scalars(
+        int(summary.get("steps") or 0), {k.replace("_", "/", 1): v for k, v in scalars.items()}
+    )
+    tb.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("overrides", nargs="*", help="eval.* settings, key=value")
+    parser.add_argument("--grid", action="store_true", help="choose the settings on validation")
+    args = parser.parse_intermixed_args(argv)  # --grid before or after the overrides
+    register()
+    try:
+        out = rescore(args.run_dir.resolve(), args.overrides, args.grid)
+    except RnnregError as exc:
+        return error_exit(exc)
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,157 @@
+"""The masks of one LSTM layer for one forward pass, drawn with the one mask helper.
+
+For :class:`~rnnreg.config.dropout.InStepDropout` settings, a window of T steps and
+B rows, :func:`draw_layer_masks` returns every mask the layer applies (names as in the
+step equations of :mod:`rnnreg.model.recurrence`):
+
+    z_x  (T|1, 4, B|1, n)   Gal's per-gate input masks (untied only)
+    z_h  (T|1, B|1, H) or (T|1, 4, B|1, H) untied; a ``batch`` z_h is a column mask on U
+    z_u, z_m                 Semeniuta's update mask, Moon's memory mask
+    z^c, z^h                 zoneout's keep masks (1 keeps the previous value, w.p. p)
+    M    (4H, H)             U ∘ M: weight-drop times the columns of a ``batch`` z_h
+
+Outside training (and without MC dropout) each mask is its expectation: none for a
+scaled mask (E[z] = 1), ``1 - p`` for an unscaled one, ``p`` for zoneout's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from rnnreg.config.dropout import Granularity, InStepDropout
+from rnnreg.model.recurrence import InStepMasks
+from rnnreg.model.regularizers.masks import (
+    MCDropout,
+    draw_activation_mask,
+    draw_mask,
+    held_or_drawn,
+)
+
+
+@dataclass
+class StepMasks:
+    """Masks for one forward pass, time-major and broadcastable.
+
+    Shapes are (T|1, B|1, H) — or (T|1, 4, B|1, H) for untied gate masks — except
+    ``weight_hh`` (4H, H). In tests, give them explicitly to ``LSTMLayer.forward``.
+    """
+
+    input: torch.Tensor | None = None
+    hidden: torch.Tensor | None = None
+    update: torch.Tensor | None = None
+    memory: torch.Tensor | None = None
+    zoneout_cell: torch.Tensor | None = None
+    zoneout_hidden: torch.Tensor | None = None
+    weight_hh: torch.Tensor | None = None
+
+    def in_step(self) -> InStepMasks:
+        """The masks that act inside the step (what the recurrence takes)."""
+        return InStepMasks(
+            self.hidden, self.update, self.memory, self.zoneout_cell, self.zoneout_hidden
+        )
+
+
+def draw_layer_masks(
+    d: InStepDropout,
+    input_size: int,
+    hidden_size: int,
+    steps: int,
+    batch: int,
+    *,
+    training: bool,
+    mc: MCDropout | None = None,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> StepMasks:
+    """Fresh masks for one forward pass over (steps, batch), or their expectations."""
+    stochastic = training or mc is not None
+    replicas = 1 if mc is None else mc.replicas
+    held = None if mc is None else mc.held
+
+    def inverted(
+        name: str, p: float, granularity: Granularity, scale: bool, units: int, untied: bool
+    ) -> torch.Tensor | None:
+        if p == 0.0:
+            return None
+        if not stochastic:  # E[z] = 1 when scaled, 1 - p when not
+            return None if scale else torch.full((1, 1, units), 1.0 - p, device=device, dtype=dtype)
+        return held_or_drawn(
+            held,
+            name,
+            granularity,
+            lambda: draw_activation_mask(
+                (steps, batch, units),
+                p,
+                granularity,
+                gates=4 if untied else None,
+                replicas=replicas,
+                scale=scale,
+                device=device,
+                dtype=dtype,
+            ),
+        )
+
+    def keep(name: str, p: float) -> torch.Tensor | None:
+        """Zoneout's z = 1 (keep the old value) w.p. p: "dropped" with probability 1 - p."""
+        if p == 0.0:
+            return None
+        if not stochastic:  # E[z] = p
+            return torch.full((1, 1, hidden_size), p, device=device, dtype=dtype)
+        return held_or_drawn(
+            held,
+            name,
+            d.zoneout_granularity,
+            lambda: draw_activation_mask(
+                (steps, batch, hidden_size),
+                1.0 - p,
+                d.zoneout_granularity,
+                replicas=replicas,
+                scale=False,
+                device=device,
+                dtype=dtype,
+            ),
+        )
+
+    masks = StepMasks(
+        input=inverted("input", d.p_input, d.input_granularity, d.scale, input_size, True)
+        if d.untied
+        else None,
+        hidden=None
+        if d.hidden_on_weight
+        else inverted("hidden", d.p_hidden, d.hidden_granularity, d.scale, hidden_size, d.untied),
+        update=inverted(
+            "update", d.p_update, d.update_granularity, d.update_scale, hidden_size, False
+        ),
+        memory=inverted("memory", d.p_memory, d.memory_granularity, d.scale, hidden_size, False),
+        zoneout_cell=keep("zoneout_cell", d.zoneout_cell),
+        zoneout_hidden=keep("zoneout_hidden", d.zoneout_hidden),
+    )
+    if stochastic:
+        masks.weight_hh = held_or_drawn(
+            held, "weight_hh", None, lambda: draw_weight_mask(d, hidden_size, device, dtype)
+        )
+    elif d.hidden_on_weight and not d.scale:  # E[U ∘ M] = (1 - p) U for unscaled columns
+        masks.weight_hh = torch.full((1, 1), 1.0 - d.p_hidden, device=device, dtype=dtype)
+    return masks
+
+
+def draw_weight_mask(
+    d: InStepDropout, hidden_size: int, device: torch.device, dtype: torch.dtype
+) -> torch.Tensor | None:
+    """M for U ∘ M (U is 4H x H): the weight-drop mask times the column mask of a
+    ``batch`` z_h.
+
+    ``(h ∘ z) U_kᵀ = h (U_k diag(z))ᵀ``: a z_h shared by every row and step of the
+    batch is the same as dropping columns of U (per gate block U_k when untied).
+    """
+    mask = None
+    if d.p_weight > 0:
+        mask = draw_mask((4 * hidden_size, hidden_size), d.p_weight, device=device, dtype=dtype)
+    if d.hidden_on_weight:
+        gates, size = (4 if d.untied else 1), hidden_size
+        z_h = draw_mask((gates, 1, size), d.p_hidden, scale=d.scale, device=device, dtype=dtype)
+        columns = z_h.expand(4, size, size).reshape(4 * size, size)
+        mask = columns if mask is None else mask * columns
+    return mask

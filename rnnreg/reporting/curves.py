@@ -1,0 +1,121 @@
+"""The curve behind every ledger row: each run's metrics.csv kept beside its entry
+(``results/runs/<name>/metrics.csv``), drawn next to the paper's final number and, where
+a published log gives one, next to the authors' own curve, epoch by epoch.
+
+    difference_e = 100 (ours_e − log_e) / log_e     for every epoch e both have
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+from typing import Any
+
+from rnnreg.core.files import atomic_write_bytes
+
+REFERENCE = Path(__file__).resolve().parent / "reference"
+
+
+def entry_folder(results: Path, name: str) -> Path:
+    return results / "runs" / name
+
+
+def keep_metrics(run_dir: Path, results: Path, name: str) -> Path | None:
+    """Copy ``run_dir/metrics.csv`` beside the entry ``name``; None if the run has none."""
+    source = run_dir / "metrics.csv"
+    if not source.is_file():
+        return None
+    target = entry_folder(results, name) / "metrics.csv"
+    atomic_write_bytes(target, source.read_bytes())
+    return target
+
+
+def read_curve(path: Path) -> dict[int, float]:
+    """``{epoch: val_ppl}`` of a metrics.csv or a ``curve_*.csv``."""
+    if not path.is_file():
+        return {}
+    with open(path, newline="") as handle:
+        return {int(row["epoch"]): float(row["val_ppl"]) for row in csv.DictReader(handle)}
+
+
+def experiment_of(entry: dict[str, Any]) -> str | None:
+    for override in entry.get("overrides") or []:
+        key, _, value = override.partition("=")
+        if key.lstrip("+~") == "experiment":
+            return value
+    return None
+
+
+def reference_curve(entry: dict[str, Any]) -> dict[int, float]:
+    """The published curve of the entry's preset (``reference/curve_<name>.csv`` here)."""
+    experiment = experiment_of(entry)
+    return read_curve(REFERENCE / f"curve_{experiment}.csv") if experiment else {}
+
+
+def comparison_lines(name: str, ours: dict[int, float], log: dict[int, float]) -> list[str]:
+    """A Markdown table: epoch, the log's validation perplexity, ours, the difference."""
+    lines = [
+        f"### `{name}` against its published log",
+        "",
+        "| epoch | log val | ours val | difference |",
+        "|---:|---:|---:|---:|",
+    ]
+    for epoch in sorted(ours):
+        if epoch in log:
+            diff = 100 * (ours[epoch] - log[epoch]) / log[epoch]
+            lines.append(f"| {epoch} | {log[epoch]:.2f} | {ours[epoch]:.2f} | {diff:+.1f}% |")
+    return lines
+
+
+def draw(
+    name: str, ours: dict[int, float], log: dict[int, float], paper_val: float | None, path: Path
+) -> Path:
+    """Validation perplexity per epoch: ours, the published log's, the paper's final."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(6.4, 3.6))
+    axes.plot(list(ours), list(ours.values()), marker="o", markersize=3, label="ours")
+    if log:
+        axes.plot(list(log), list(log.values()), linestyle="--", label="authors' log")
+    if paper_val is not None:
+        axes.axhline(paper_val, color="grey", linestyle=":", label=f"paper {paper_val:g}")
+    axes.set(xlabel="epoch", ylabel="validation perplexity", yscale="log", title=name)
+    axes.legend()
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100)
+    plt.close(figure)
+    atomic_write_bytes(path, buffer.getvalue())
+    return path
+
+
+def curve_section(
+    entries: dict[str, dict[str, Any]], results: Path, paper_vals: dict[str, float | None]
+) -> list[str]:
+    """The ledger's "Curves" section: a figure per entry with a kept metrics.csv, and a
+    table for each entry whose preset has a published log."""
+    figures, tables = [], []
+    for name in entries:
+        ours = read_curve(entry_folder(results, name) / "metrics.csv")
+        if not ours:
+            continue
+        log = reference_curve(entries[name])
+        path = draw(name, ours, log, paper_vals.get(name), results / "figures" / f"{name}.png")
+        figures.append(f"![{name}]({path.relative_to(results).as_posix()})")
+        if log:
+            tables += ["", *comparison_lines(name, ours, log)]
+    if not figures:
+        return []
+    lines = [
+        "",
+        "## Curves",
+        "",
+        "Validation perplexity per epoch from each entry's `runs/<name>/metrics.csv`, beside "
+        "the paper's final number and, where the authors published a log, their curve.",
+        "",
+    ]
+    return lines + figures + tables

@@ -1,0 +1,216 @@
+"""The perplexity report written out: ``report.md``, ``report.csv`` and the figures."""
+
+from __future__ import annotations
+
+import csv
+import statistics
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from rnnreg.reporting.data import REPORT_COLUMNS, Group, Run, Setting, budget_note
+from rnnreg.reporting.significance import Comparison, sentence
+
+
+def _fmt(value: Any, digits: int = 2) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def _pm(mean: float | None, std: float | None) -> str:
+    if mean is None:
+        return ""
+    return f"{mean:.2f}" if std is None else f"{mean:.2f} ± {std:.2f}"
+
+
+def _ci(r: dict[str, Any]) -> str:
+    if r["test_ci_low"] is None:
+        return "–"
+    return f"{r['test_ci_low']:.2f} – {r['test_ci_high']:.2f}"
+
+
+def _vs(r: dict[str, Any]) -> str:
+    if r["reference"] is None:
+        return ""
+    if r["p_holm"] is None:
+        return f"{r['test_minus_reference']:+.2f} (no test: < 2 seeds)"
+    mark = "†" if r["p_holm"] < 0.05 else ""
+    return f"{r['test_minus_reference']:+.2f} (p = {r['p_holm']:.3g}){mark}"
+
+
+def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=REPORT_COLUMNS)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: ("" if row[k] is None else row[k]) for k in REPORT_COLUMNS})
+
+
+def write_markdown(
+    rows: list[dict[str, Any]],
+    others: list[Run],
+    figures: list[Path],
+    path: Path,
+    comparisons: dict[Setting, list[Comparison]] | None = None,
+) -> None:
+    lines = [
+        "# Perplexity report",
+        "",
+        "Finished runs, mean ± sample standard deviation over seeds, and the 95% interval "
+        "of the mean test perplexity (t interval; bootstrap from 10 seeds). `vs ref`: the "
+        "difference in mean test perplexity to the reference variant, with Welch's p-value "
+        "corrected by Holm's method over the variants of the setting; `†` marks p < 0.05. "
+        "`*` marks a published number of low confidence (quoted from memory; verify).",
+        "",
+        "| dataset | model | variant | budget | eval | precision | runs (seeds) | val ppl "
+        "| test ppl | test 95% CI | vs ref (p) | best run (val / test) | tokens/s | LSTM path "
+        "| params | paper (val / test) | test − paper |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        star = "*" if r["paper_confidence"] == "low" else ""
+        paper = (
+            (
+                f"{_fmt(r['paper_val'], 1) or '–'} / {_fmt(r['paper_test'], 1) or '–'}{star} "
+                f"({r['paper']})"
+            )
+            if r["paper"]
+            else ""
+        )
+        lines.append(
+            f"| {r['dataset']} | {r['model']} | {r['variant']} | {r['budget']} "
+            f"| {r['evaluation']} | {r['precision']} | "
+            f"{r['runs']} ({r['seeds']}) | {_pm(r['val_mean'], r['val_std'])} | "
+            f"{_pm(r['test_mean'], r['test_std'])} | {_ci(r)} | {_vs(r)} | "
+            f"`{Path(r['best_run']).name}` "
+            f"({_fmt(r['best_val'])} / {_fmt(r['best_test'])}) | {_fmt(r['tokens_per_s'], 0)} | "
+            f"{r['lstm_path']} | {_fmt(r['params'])} | {paper} | {_fmt(r['test_minus_paper'])} |"
+        )
+    for setting, found in (comparisons or {}).items():
+        dataset, model, budget, evaluation, precision = setting
+        lines += [
+            "",
+            f"## {dataset} / {model} / {budget} / {evaluation} / {precision}: against "
+            f"`{found[0].reference}`",
+            "",
+        ]
+        note = budget_note(model, budget)
+        if note:
+            lines += [f"*{note}.*", ""]
+        lines += [f"- {sentence(c)}" for c in found]
+    if others:
+        lines += [
+            "",
+            "## Not averaged: interrupted, diverged or unfinished runs",
+            "",
+            "| status | dataset | model | variant | seed | epochs done / planned | steps "
+            "| best val ppl | run |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for run in others:
+            s = run.summary
+            status = "running or crashed" if run.status == "running" else run.status
+            lines.append(
+                f"| {status} | {s.get('dataset')} | {s.get('model')} | "
+                f"{run.variant_label} | {s.get('seed')} | "
+                f"{s.get('epochs')} / {s.get('epochs_planned', '?')} | {s.get('steps', '')} | "
+                f"{_fmt(s.get('best_val_ppl'))} | `{run.path}` |"
+            )
+    if figures:
+        lines += ["", "## Figures", ""]
+        lines += [f"![{figure.stem}](figures/{figure.name})" for figure in figures]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def _save(fig: Any, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_figures(groups: list[Group], rows: list[dict[str, Any]], out: Path) -> list[Path]:
+    """Validation perplexity per epoch (mean and band over seeds), and test perplexity
+    per variant with error bars next to the paper's value; one pair per dataset x model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
+
+    plain = FuncFormatter(lambda value, _: f"{value:.0f}")  # 160, not 1.6 x 10^2
+
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    settings = sorted({(g.key[0], g.key[1]) for g in groups})
+    for dataset, model in settings:
+        curves = [g for g in groups if g.key[:2] == (dataset, model) and g.key[4] == "standard"]
+        fig, ax = plt.subplots(figsize=(9, 4.5))
+        for group in curves:
+            by_epoch: dict[int, list[float]] = defaultdict(list)
+            for run in group.runs:
+                for row in run.metrics():
+                    by_epoch[int(row["epoch"])].append(float(row["val_ppl"]))
+            epochs = sorted(by_epoch)
+            if not epochs:
+                continue
+            means = [statistics.fmean(by_epoch[e]) for e in epochs]
+            lows = [min(by_epoch[e]) for e in epochs]
+            highs = [max(by_epoch[e]) for e in epochs]
+            ax.plot(
+                epochs, means, marker="o", markersize=3, label=f"{group.key[2]} ({group.key[3]})"
+            )
+            ax.fill_between(epochs, lows, highs, alpha=0.2)
+        ax.set(
+            xlabel="epoch",
+            ylabel="validation perplexity",
+            yscale="log",
+            title=f"{dataset} / {model}: validation perplexity (band: min–max over seeds)",
+        )
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.yaxis.set_major_formatter(plain)
+        ax.yaxis.set_minor_formatter(plain)
+        ax.tick_params(axis="y", which="minor", labelsize=7)
+        ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))  # off the curves
+        written.append(_save(fig, out / f"val_curve_{dataset}_{model}.png"))
+
+        bars = [
+            r
+            for r in rows
+            if (r["dataset"], r["model"]) == (dataset, model) and r["test_mean"] is not None
+        ]
+        fig, ax = plt.subplots(figsize=(max(7.0, 1.3 * len(bars)), 4.5))
+        labels = [f"{r['variant']}\n{r['budget']}\n{r['evaluation']}" for r in bars]
+        xs = list(range(len(bars)))
+        ax.errorbar(
+            [x - 0.1 for x in xs],
+            [r["test_mean"] for r in bars],
+            yerr=[r["test_std"] or 0.0 for r in bars],
+            fmt="o",
+            capsize=4,
+            label="rnnreg",
+        )
+        paper = [
+            (x + 0.1, r["paper_test"])
+            for x, r in zip(xs, bars, strict=True)
+            if r["paper_test"] is not None
+        ]
+        if paper:
+            ax.plot(
+                [p[0] for p in paper],
+                [p[1] for p in paper],
+                "s",
+                label="paper (after its full training protocol)",
+            )
+        ax.set_xticks(xs, labels, fontsize=7)
+        ax.set(ylabel="test perplexity", title=f"{dataset} / {model}: test perplexity")
+        ax.legend(fontsize=8)
+        written.append(_save(fig, out / f"test_{dataset}_{model}.png"))
+    return written

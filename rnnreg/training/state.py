@@ -1,0 +1,145 @@
+"""What a run is made of and has done so far, and how a stretch of training ended.
+
+A checkpoint (``checkpoints/last.pt``) holds :class:`TrainedParts`' state (weights,
+optimizer, schedule, averaging, random generators), the :class:`TrainingProgress` fields
+(flat), the hidden state and the resolved config; :mod:`rnnreg.training.resume` says when it may be
+resumed. ``summary.json`` is :func:`run_summary`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import asdict, dataclass, fields
+from enum import Enum
+from typing import Any
+
+import torch
+
+log = logging.getLogger(__name__)
+
+
+class Outcome(str, Enum):
+    """How a stretch of training ended."""
+
+    done = "done"  # the epoch ran to its end
+    max_steps = "max_steps"  # trainer.max_steps reached
+    stopped = "stopped"  # a signal (SIGINT, SIGTERM, SLURM's preemption)
+    diverged = "diverged"  # a non-finite loss
+
+
+@dataclass
+class TrainingProgress:
+    """The counters of a run, saved in every checkpoint and restored on resume."""
+
+    epochs_done: int = 0
+    #: The first row of the next window in the current epoch.
+    position: int = 0
+    step: int = 0
+    epoch_nll: float = 0.0
+    epoch_tokens: int = 0
+    epoch_seconds: float = 0.0
+    train_seconds: float = 0.0
+    train_tokens: int = 0
+    #: Wall time of the processes before this one (saved: up to the checkpoint).
+    elapsed_s: float = 0.0
+    best_val_ppl: float = math.inf
+    best_epoch: int = 0
+    #: The last epoch's validation perplexity (the final weights).
+    last_val_ppl: float = math.nan
+    #: A fine-tuning stage that stopped improving (AWD's rule).
+    finished: bool = False
+
+    #: Fields that checkpoints written before they existed lack (their default is used).
+    ADDED_LATER = ("last_val_ppl",)
+
+    def state_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for f in fields(self):
+            if f.name in state or f.name not in self.ADDED_LATER:
+                setattr(self, f.name, state[f.name])
+
+    def start_epoch(self) -> None:
+        self.epoch_nll, self.epoch_tokens, self.epoch_seconds = 0.0, 0, 0.0
+
+    def add_step(self, tokens: int, rows: int) -> None:
+        """One optimizer step over ``rows`` rows of the (T, B) training data; its NLL and
+        time arrive with :meth:`add_totals` when the device's sums are read."""
+        self.step += 1
+        self.position += rows
+        self.epoch_tokens += tokens
+        self.train_tokens += tokens
+
+    def add_totals(self, nll_sum: float, seconds: float) -> None:
+        """The summed NLL of the steps since the last read, and their wall time."""
+        self.epoch_nll += nll_sum
+        self.epoch_seconds += seconds
+        self.train_seconds += seconds
+
+    def end_epoch(self, val_ppl: float) -> bool:
+        """Count the epoch; True when its validation is the best so far."""
+        self.epochs_done += 1
+        self.position = 0
+        self.last_val_ppl = val_ppl
+        if val_ppl < self.best_val_ppl:
+            self.best_val_ppl, self.best_epoch = val_ppl, self.epochs_done
+            return True
+        return False
+
+    @property
+    def epoch_ppl(self) -> float:
+        return math.exp(min(self.epoch_nll / max(self.epoch_tokens, 1), 700.0))
+
+
+class StepTotals:
+    """What the steps since the last read add up to, kept on the device so that a step
+    never waits for it: the summed NLL, the summed gradient norm, and the first step whose
+    loss or gradient was not finite (0: none). :meth:`read` synchronises once."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.reset()
+
+    def reset(self) -> None:
+        zero = torch.zeros((), dtype=torch.float64, device=self.device)
+        self.nll, self.grad_norm = zero, zero.clone()
+        self.bad_step = torch.zeros((), dtype=torch.int64, device=self.device)
+        self.steps, self.tokens = 0, 0
+
+    def add(
+        self,
+        nll_sum: torch.Tensor,
+        grad_norm: torch.Tensor,
+        finite: torch.Tensor,
+        step: int,
+        tokens: int,
+    ) -> None:
+        self.nll = self.nll + nll_sum.detach().double()
+        self.grad_norm = self.grad_norm + grad_norm.detach().double()
+        first = (self.bad_step == 0) & ~finite
+        self.bad_step = torch.where(first, step, self.bad_step)
+        self.steps += 1
+        self.tokens += tokens
+
+    def read_into(self, progress: TrainingProgress, meter: Any, seconds: float) -> int | None:
+        """Read the sums (one synchronisation) into ``progress`` and the interval's
+        ``meter`` (an :class:`~rnnreg.records.recorder.IntervalMeter`), the steps having
+        taken ``seconds``; return the first non-finite step, or None."""
+        if self.steps == 0:
+            return None
+        nll, grad_norm, bad_step, steps, tokens = self.read()
+        progress.add_totals(nll, seconds)
+        meter.add(nll, tokens, steps, grad_norm)
+        return bad_step
+
+    def read(self) -> tuple[float, float, int | None, int, int]:
+        """(NLL sum, gradient-norm sum, first non-finite step or None, steps, tokens), and
+        start over."""
+        nll, grad_norm, bad = torch.stack(
+            (self.nll, self.grad_norm, self.bad_step.double())
+        ).tolist()
+        steps, tokens = self.steps, self.tokens
+        self.reset()
+        return nll, grad_norm, int(bad) or None, steps, tokens
