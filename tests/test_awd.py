@@ -76,13 +76,26 @@ def test_variable_bptt_lengths_follow_the_distribution() -> None:
     short = sum(length < 52 for length in lengths) / len(lengths)  # the bptt/2 branch
     assert 0.04 < short < 0.06
     mean = sum(lengths) / len(lengths)
-    assert abs(mean - (0.95 * 70 + 0.05 * 35)) < 0.3
+    assert abs(mean - (0.95 * 70 + 0.05 * 35 - 0.5)) < 0.15  # int() truncates: -0.5 on average
     assert min(variable_bptt_length(rng, 8) for _ in range(5000)) == 5  # never below 5
+
+
+def test_variable_bptt_truncates_the_sampled_length_as_awd_does() -> None:
+    """AWD's main.py: seq_len = max(5, int(np.random.normal(bptt, 5))), not rounded."""
+    ours, theirs = random.Random(3), random.Random(3)
+    for _ in range(2000):
+        base = 70 if theirs.random() < 0.95 else 35
+        assert variable_bptt_length(ours, 70) == max(5, int(theirs.gauss(base, 5)))
 
 
 def test_variable_bptt_scales_the_learning_rate_of_the_step(make_config, tmp_path, monkeypatch):
     trainer = Trainer(
-        make_config("trainer.variable_bptt=true", "trainer.bptt=10", "trainer.max_steps=30"),
+        make_config(
+            "trainer.variable_bptt=true",
+            "optim.loss_sum_over_time=false",
+            "trainer.bptt=10",
+            "trainer.max_steps=30",
+        ),
         tmp_path / "run",
     )
     seen = []
@@ -217,7 +230,9 @@ def test_finetune_starts_from_the_given_weights(make_config, tmp_path: Path) -> 
     summary = finetune.fit()
     assert summary["status"] == "completed" and summary["stage"] == "finetune"
     with open(tmp_path / "finetune" / "metrics.csv", newline="") as handle:
-        assert {row["averaged"] for row in csv.DictReader(handle)} == {"1"}
+        rows = list(csv.DictReader(handle))
+    assert {row["averaged"] for row in rows} == {"1"}
+    assert {row["asgd_switch_epoch"] for row in rows} == {"0"}  # averaged from the start
     data = json.loads((tmp_path / "finetune" / "summary.json").read_text())
     assert data["init_from"] == str(tmp_path / "trained")
 
@@ -278,7 +293,11 @@ def test_variable_bptt_and_evaluation_run_compiled_a_bounded_number_of_times(
 
     monkeypatch.setattr(Trainer, "_next_length", record)
     run = make_config(
-        "variant=gal", "trainer.variable_bptt=true", "trainer.epochs=2", "eval.mc_samples=2"
+        "variant=gal",
+        "trainer.variable_bptt=true",
+        "optim.loss_sum_over_time=false",
+        "trainer.epochs=2",
+        "eval.mc_samples=2",
     )
     trainer = Trainer(run, tmp_path / "run")
     for layer in trainer.model.layers:
@@ -291,3 +310,12 @@ def test_variable_bptt_and_evaluation_run_compiled_a_bounded_number_of_times(
     # dynamic), and evaluation without masks at batch > 1 (dynamic), at batch 1 (a size of
     # 1 is always specialized) and with MC masks: 3 x (1 + 1 + 3)
     assert 0 < summary["compilations"] <= 15, summary["compilations"]
+
+
+def test_variable_bptt_with_the_loss_summed_over_time_is_refused(make_config) -> None:
+    """Both would scale the step by the window length L: one line says so."""
+    from rnnreg import RnnregError
+
+    with pytest.raises(RnnregError, match="count twice"):
+        make_config("trainer.variable_bptt=true", "optim.loss_sum_over_time=true")
+    make_config("trainer.variable_bptt=true", "optim.loss_sum_over_time=false")

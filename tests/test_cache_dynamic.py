@@ -202,3 +202,14 @@ def test_rescore_an_existing_run_with_settings_chosen_on_validation(make_config,
     assert set(out["eval_tokens_per_s"]) == {"standard", "cache", "dynamic"}
     with pytest.raises(RnnregError, match="only eval"):
         rescore(run_dir, ["model.hidden_size=3"], grid=False)
+
+
+def test_the_full_window_rule_waits_until_the_cache_holds_a_window(make_config) -> None:
+    """Grave et al. mix from the first cached position; AWD's pointer.py (and
+    experiment=awd_ptb) only once the cache holds the whole window."""
+    model, source = tiny_model(make_config), stream(20, seed=9)
+    early = cache_scores(model, source, bptt=6, window=4, thetas=[1.0])
+    full = cache_scores(model, source, bptt=6, window=4, thetas=[1.0], full_window=True)
+    assert early.has_cache.tolist() == [False] + [True] * 18
+    assert full.has_cache.tolist() == [False] * 4 + [True] * 15
+    assert make_config("experiment=awd_ptb").eval.cache.full_window

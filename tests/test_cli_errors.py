@@ -95,3 +95,22 @@ def test_resume_without_checkpoint_is_one_line(python, tmp_path: Path, tiny_data
         data_dir=tiny_data,
     )
     assert_one_error_line(result, "has no checkpoint", "hydra.run.dir")
+
+
+def test_the_rnnreg_console_script_dispatches_to_every_entry_point(tmp_path: Path, capsys):
+    from rnnreg.cli.main import main
+
+    assert main(["--help"]) == 0 and "rnnreg train" in capsys.readouterr().out
+    assert main(["report", "--outputs", str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("rnnreg: error:") and "missing" in err[0]
+    assert main(["frobnicate"]) == 2
+    assert "unknown command 'frobnicate'" in capsys.readouterr().err
+
+
+def test_the_installed_console_script_runs(python: str) -> None:
+    script = Path(python).with_name("rnnreg")
+    if not script.exists():
+        pytest.skip("rnnreg is not installed in this environment (pip install -e .)")
+    result = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and "rnnreg report" in result.stdout

@@ -164,3 +164,25 @@ def test_windows_cover_every_target_exactly_once() -> None:
     assert batching.num_windows(source, 7) == 4
     resumed = [index for index, _, _ in batching.windows(source, 7, start_index=2)]
     assert resumed == [2, 3]
+
+
+def test_an_unwritable_cache_warns_and_the_run_goes_on(tiny_data: Path, tmp_path: Path, caplog):
+    """The cache saves time only: a folder that cannot be written (here: a file in its
+    place) is one warning, and the corpus is still returned."""
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("")
+    with caplog.at_level("WARNING"):
+        loaded = corpora.load_corpus(dataset_config(tiny_data, blocked / "cache"))
+    assert loaded.train.numel() > 0
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "could not write the corpus cache" in warnings[0]
+
+
+def test_a_window_longer_than_its_split_is_one_line(make_config, tmp_path: Path, caplog) -> None:
+    from rnnreg.training.trainer import Trainer
+
+    with pytest.raises(RnnregError, match="trainer.bptt=100000 is longer than the training"):
+        Trainer(make_config("trainer.bptt=100000"), tmp_path / "a")
+    with caplog.at_level("WARNING"):
+        Trainer(make_config("eval.bptt=100000"), tmp_path / "b")
+    assert any("eval.bptt=100000 is longer" in r.getMessage() for r in caplog.records)

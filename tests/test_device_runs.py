@@ -184,6 +184,21 @@ def test_a_diverged_run_keeps_its_last_good_checkpoint(
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values())
 
 
+def test_a_huge_but_finite_loss_ends_the_run_as_diverged(make_config, tmp_path: Path) -> None:
+    """NLL 1e6 per token is finite, but its perplexity is not: before, the log line's
+    math.exp raised OverflowError; now the step counts as not finite."""
+    trainer = Trainer(make_config("trainer.epochs=2", "trainer.log_every_steps=10"), tmp_path / "r")
+    calls = {"n": 0}
+
+    def blow_up(module, args, output):
+        calls["n"] += 1
+        return output * 1e6 if module.training and calls["n"] >= 25 else output
+
+    trainer.model.decoder.register_forward_hook(blow_up)
+    summary = trainer.fit()
+    assert summary["status"] == "diverged" and summary["diverged_at_step"] == 25
+
+
 # --- checkpoints across devices -------------------------------------------------------
 
 

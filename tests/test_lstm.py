@@ -120,8 +120,12 @@ VARIANTS = {
         "hidden_granularity": Granularity.step,
         "input_granularity": Granularity.step,
     },
-    "moon": {"p_memory": 0.5},
-    "moon_carried": {"p_memory": 0.5, "memory_carried": True},
+    "moon": {"p_memory": 0.5, "memory_scale": MemoryScale.in_memory},
+    "moon_carried": {
+        "p_memory": 0.5,
+        "memory_carried": True,
+        "memory_scale": MemoryScale.in_memory,
+    },
     "moon_on_output": {"p_memory": 0.5, "memory_scale": MemoryScale.on_output},
     "moon_carried_on_output": {
         "p_memory": 0.5,
@@ -156,7 +160,7 @@ VARIANTS = {
         "untied": True,
         "scale": False,
     },
-    "moon_unscaled": {"p_memory": 0.5, "scale": False},
+    "moon_unscaled": {"p_memory": 0.5, "scale": False, "memory_scale": MemoryScale.in_memory},
     "composed": {
         "zoneout_cell": 0.25,
         "zoneout_hidden": 0.025,
@@ -474,3 +478,14 @@ def test_hitting_the_recompile_limit_falls_back_visibly(caplog) -> None:
     assert "recompile limit" in caplog.text
     ref, _ = reference(layer, x, state, masks)
     torch.testing.assert_close(out, ref, rtol=1e-6, atol=1e-6)
+
+
+def test_a_layers_dropout_settings_cannot_change_after_construction() -> None:
+    """They key the layer's compiled loop: a change would run a stale compilation."""
+    import dataclasses
+
+    settings = InStepDropout(p_hidden=0.3)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings.p_hidden = 0.5
+    assert hash(settings) == hash(InStepDropout(p_hidden=0.3))
+    assert dataclasses.replace(settings, p_hidden=0.5).p_hidden == 0.5

@@ -189,7 +189,12 @@ def test_empty_outputs_give_a_clear_message(tmp_path: Path, capsys) -> None:
     assert main(["--outputs", str(tmp_path / "missing")]) == 2
 
 
-def test_a_summary_being_written_is_skipped(outputs: Path) -> None:
-    (outputs / "runs" / "cut" / "summary.json").write_text('{"status": "runn')
-    rows = read_report(build_report(outputs).with_suffix(".csv"))
+def test_a_corrupt_summary_is_skipped_with_a_warning_naming_it(outputs: Path, caplog) -> None:
+    """summary.json is written atomically, so an unreadable one is damaged: say which."""
+    corrupt = outputs / "runs" / "cut" / "summary.json"
+    corrupt.write_text('{"status": "runn')
+    with caplog.at_level("WARNING"):
+        rows = read_report(build_report(outputs).with_suffix(".csv"))
     assert rows[("none", "standard")]["runs"] == "3"
+    lines = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(lines) == 1 and str(corrupt) in lines[0]

@@ -355,3 +355,23 @@ def test_a_copy_without_git_records_the_declared_commit(monkeypatch) -> None:
     assert runtime.git_commit() is None
     monkeypatch.setenv(runtime.GIT_COMMIT_ENV, "abc123")
     assert runtime.git_commit() == "abc123 (copy)"
+
+
+def test_the_test_split_is_scored_once_when_the_best_epoch_is_the_last(
+    make_config, tmp_path: Path, monkeypatch
+) -> None:
+    """Best and final weights the same: one batch-1 pass gives test_ppl_best and _final."""
+    import rnnreg.evaluation.final as final
+
+    passes = []
+    original = final.evaluate
+
+    def counted(model, source, bptt):
+        passes.append(source.size(1))
+        return original(model, source, bptt)
+
+    monkeypatch.setattr(final, "evaluate", counted)
+    summary = Trainer(make_config("trainer.epochs=1"), tmp_path / "run").fit()
+    assert summary["best_epoch"] == summary["epochs"] == 1
+    assert passes == [1]  # the test split (batch 1), once
+    assert summary["test_ppl_best"] == summary["test_ppl_final"] == summary["test_ppl"]

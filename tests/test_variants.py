@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rnnreg.config.schema import group_options
+from rnnreg.config.schema import CONF_DIR, group_options
 from rnnreg.model.lm import LanguageModel
 from rnnreg.model.regularizers.embedding import embed_with_type_dropout
 
@@ -126,3 +126,13 @@ class TestEmbeddingDropout:
         dropped = out[..., 0] == 0
         assert 0.4 < dropped.float().mean().item() < 0.6
         assert not torch.equal(dropped, dropped[:1].expand_as(dropped))
+
+
+def test_moons_memory_scale_has_one_default(make_config) -> None:
+    """Declared once, in the schema; variant=moon does not set it again."""
+    from rnnreg.config.dropout import LayerDropout, MemoryScale
+
+    assert LayerDropout().memory_scale is MemoryScale.on_output
+    assert make_config("variant=moon").variant.memory_scale is MemoryScale.on_output
+    lines = (CONF_DIR / "variant" / "moon.yaml").read_text().splitlines()
+    assert not [line for line in lines if line.startswith("memory_scale:")]

@@ -97,14 +97,28 @@ def rescore(run_dir: Path, overrides: list[str], grid: bool) -> dict[str, Any]:
     if c.enabled or grid:
         thetas = sorted(set(c.theta_grid) | {c.theta}) if grid else [c.theta]
         val, took = _timed(
-            cache_scores, model, streams["val"], e.bptt, c.window, thetas, c.similarity.value
+            cache_scores,
+            model,
+            streams["val"],
+            e.bptt,
+            c.window,
+            thetas,
+            c.similarity.value,
+            c.full_window,
         )
         theta, lam = c.theta, c.interpolation
         if grid:
             pairs = itertools.product(thetas, sorted(set(c.interpolation_grid) | {lam}))
             theta, lam = min(pairs, key=lambda tl: val.evaluation(*tl).perplexity)
         test, took_test = _timed(
-            cache_scores, model, streams["test"], e.bptt, c.window, [theta], c.similarity.value
+            cache_scores,
+            model,
+            streams["test"],
+            e.bptt,
+            c.window,
+            [theta],
+            c.similarity.value,
+            c.full_window,
         )
         out["val_ppl_cache"] = val.evaluation(theta, lam).perplexity
         out["test_ppl_cache"] = test.evaluation(theta, lam).perplexity

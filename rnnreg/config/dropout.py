@@ -10,7 +10,7 @@ is one field here (see docs/variants.md, "Adding a regularizer").
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import FrozenInstanceError, dataclass, fields
 from enum import Enum
 from typing import Any, ClassVar
 
@@ -108,7 +108,8 @@ class LayerDropout:
     p_memory: float = 0.0
     memory_granularity: Granularity = Granularity.sequence
     memory_carried: bool = False
-    memory_scale: MemoryScale = MemoryScale.in_memory
+    #: [assumed] on_output: evaluation is then the training expectation (conf/variant/moon.yaml).
+    memory_scale: MemoryScale = MemoryScale.on_output
     p_update: float = 0.0
     update_granularity: Granularity = Granularity.step
     #: Semeniuta: scale the kept updates by 1/(1-p) in training (else by 1-p at evaluation).
@@ -128,8 +129,11 @@ class LayerDropout:
 class InStepDropout(LayerDropout):
     """What one LSTM layer drops itself: :class:`LayerDropout` and its input masks.
 
-    Treated as a value (never changed after construction): it is hashed as part of the
-    key of the layer's compiled loop (:mod:`rnnreg.model.recurrence`).
+    A value: it is hashed as part of the key of the layer's compiled loop
+    (:mod:`rnnreg.model.recurrence`), so it cannot change after construction (assigning
+    a field raises ``dataclasses.FrozenInstanceError``; ``dataclasses.replace`` makes a
+    changed copy). Not ``frozen=True``: a frozen dataclass cannot extend the schema's
+    mutable :class:`LayerDropout`.
     """
 
     owner: ClassVar[str] = "layer"
@@ -139,6 +143,15 @@ class InStepDropout(LayerDropout):
     input_granularity: Granularity = Granularity.sequence
     #: One mask per gate (4 for x, 4 for h) instead of one shared by the gates.
     untied: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        object.__setattr__(self, "_frozen", True)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if getattr(self, "_frozen", False):
+            raise FrozenInstanceError(f"InStepDropout is a value; cannot assign {name!r}")
+        object.__setattr__(self, name, value)
 
     @classmethod
     def for_layer(

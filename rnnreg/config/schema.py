@@ -269,7 +269,8 @@ class TrainerConfig:
     batch_size: int = 20
     bptt: int = 20
     #: AWD-LSTM's variable BPTT: base = bptt w.p. 0.95 else bptt/2, length =
-    #: max(5, round(N(base, 5))), the step's learning rate scaled by length / bptt.
+    #: max(5, int(N(base, 5))) (truncated, as AWD's main.py), the step's learning rate
+    #: scaled by length / bptt.
     variable_bptt: bool = False
     stage: Stage = Stage.train
     #: The run directory whose best weights a fine-tuning stage starts from.
@@ -329,9 +330,15 @@ class Similarity(str, Enum):
 @dataclass
 class CacheConfig:
     """Grave et al.'s continuous cache pointer on the last layer's output, evaluated at
-    batch 1 (``rnnreg/evaluation/cache_pointer.py``). AWD-LSTM's PTB command (its README:
-    ``pointer.py --lambdasm 0.1 --theta 1.0 --window 500``) used window 500, θ 1.0, λ 0.1 with
-    cosine similarity; choose θ and λ on validation (``python -m rnnreg.rescore <run> --grid``)."""
+    batch 1 (``rnnreg/evaluation/cache_pointer.py``).
+
+    Where the defaults come from: window 500, θ 1.0 and λ 0.1 are AWD-LSTM's PTB command
+    (its README: ``pointer.py --lambdasm 0.1 --theta 1.0 --window 500``), tuned there for
+    its cosine similarity and its full-window rule, which ``experiment=awd_ptb`` follows.
+    The default similarity is the paper's dot product, for which those θ and λ are only a
+    starting point: choose them on validation (``python -m rnnreg.rescore <run> --grid``),
+    as Grave et al. did.
+    """
 
     enabled: bool = False
     window: int = 500
@@ -339,6 +346,8 @@ class CacheConfig:
     #: λ in p = (1 − λ) p_vocab + λ p_cache.
     interpolation: float = 0.1
     similarity: Similarity = Similarity.dot
+    #: Mix the cache in only once it holds ``window`` positions (AWD's pointer.py).
+    full_window: bool = False
     theta_grid: list[float] = field(default_factory=lambda: [0.1, 0.3, 0.5, 1.0, 2.0])
     interpolation_grid: list[float] = field(
         default_factory=lambda: [0.05, 0.1, 0.15, 0.2, 0.25, 0.3]
@@ -410,6 +419,30 @@ class EvalConfig:
         _check_positive("eval", "mc_replicas_per_pass", self.mc_replicas_per_pass, allow_zero=True)
 
 
+class LoggerName(str, Enum):
+    tensorboard = "tensorboard"
+    wandb = "wandb"
+    mlflow = "mlflow"
+
+
+@dataclass
+class LoggerConfig:
+    """An experiment tracker beside the run's TensorBoard events (rnnreg/records/loggers.py).
+    How a run is recorded, not what it computes: a resume may change it."""
+
+    name: LoggerName = LoggerName.tensorboard
+    #: W&B: the project, and ``offline`` (sync later with ``wandb sync``) or ``online``.
+    project: str = "rnnreg"
+    mode: str = "offline"
+    #: MLflow: the tracking store and the experiment's name.
+    tracking_uri: str = "sqlite:///${oc.env:RNNREG_OUTPUTS,${rnnreg.root:outputs}}/mlflow.db"
+    experiment: str = "rnnreg"
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("offline", "online", "disabled"):
+            raise RnnregError(f"logger.mode={self.mode} must be offline, online or disabled")
+
+
 @dataclass
 class RunConfig:
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
@@ -418,11 +451,21 @@ class RunConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
     seed: int = 1
+
+    def __post_init__(self) -> None:
+        if self.trainer.variable_bptt and self.optim.loss_sum_over_time:
+            raise RnnregError(
+                "trainer.variable_bptt=true scales each step's learning rate by L / bptt and "
+                "optim.loss_sum_over_time=true scales its loss by L: the window length would "
+                "count twice; set optim.loss_sum_over_time=false (AWD-LSTM's token mean, as "
+                "optim=ntasgd has it)"
+            )
 
 
 #: The config groups users choose from (``group=option``), one per concern.
-GROUPS = ("dataset", "model", "variant", "optim", "experiment")
+GROUPS = ("dataset", "model", "variant", "optim", "logger", "experiment")
 
 
 CONF_DIR = PROJECT_ROOT / "conf"

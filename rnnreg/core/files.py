@@ -41,7 +41,10 @@ def atomic_write_bytes(path: Path, payload: bytes, keep_previous: Path | None = 
         os.replace(tmp, path)
         _sync_folder(path.parent)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:  # no folder to clean (a file stands where it should be)
+            pass
         raise RnnregError(
             f"could not write {path} ({exc.strerror or exc}); free disk space or make the "
             "folder writable, then resume with trainer.resume=true"

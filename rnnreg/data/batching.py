@@ -50,9 +50,12 @@ def windows(
 
 
 def variable_bptt_length(rng: random.Random, bptt: int) -> int:
-    """AWD-LSTM's window length: base = bptt w.p. 0.95 else bptt/2; max(5, round(N(base, 5)))."""
+    """AWD-LSTM's window length: base = bptt w.p. 0.95 else bptt/2; max(5, int(N(base, 5))).
+
+    ``int`` truncates, as AWD's ``main.py`` does (``int(np.random.normal(bptt, 5))``): the
+    mean is about half a step below the base."""
     base = bptt if rng.random() < 0.95 else bptt / 2
-    return max(5, round(rng.gauss(base, 5)))
+    return max(5, int(rng.gauss(base, 5)))
 
 
 def window_at(source: torch.Tensor, start: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -113,7 +113,7 @@ def _load_cached(path: Path) -> Corpus | None:
         if blob.get("format") != _CACHE_FORMAT:
             return None
         return Corpus(blob["vocab"], blob["train"], blob["valid"], blob["test"])
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # no cache yet (or no folder for one)
         return None
     except Exception as exc:  # a corrupt cache is rebuilt, never fatal
         log.warning("ignoring unreadable corpus cache %s (%s); rebuilding it", path, exc)
@@ -150,7 +150,13 @@ def load_corpus(cfg: DatasetConfig) -> Corpus:
         }
         atomic_torch_save(blob, cache_path)
     except RnnregError as exc:  # a cache that cannot be written costs time, not the run
-        log.warning("could not write the corpus cache (%s); going on without it", exc)
+        cause = exc.__cause__
+        why = getattr(cause, "strerror", None) or str(cause or exc)
+        log.warning(
+            "could not write the corpus cache %s (%s); going on without it "
+            "(dataset.cache_dir or RNNREG_CACHE_DIR chooses another folder)",
+            *(cache_path, why),
+        )
     log.info(
         "corpus %s: vocabulary %d, tokens %d / %d / %d",
         cfg.name,

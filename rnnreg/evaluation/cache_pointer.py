@@ -56,9 +56,14 @@ def cache_scores(
     window: int,
     thetas: list[float],
     similarity: str = "dot",
+    full_window: bool = False,
 ) -> CacheScores:
     """Run ``model`` (evaluation mode) over the (T, 1) stream ``source`` and score every
-    next word with the vocabulary and with the cache, for each θ in ``thetas``."""
+    next word with the vocabulary and with the cache, for each θ in ``thetas``.
+
+    The cache is mixed in from the first position that has one (Grave et al.), or, with
+    ``full_window``, only once it holds ``window`` positions (AWD-LSTM's ``pointer.py``,
+    which starts one position later still: ``t > window``)."""
     if source.size(1) != 1:
         raise ValueError("the cache pointer evaluates one stream: batch size 1")
     if window < 1:
@@ -90,7 +95,7 @@ def cache_scores(
             )
             match = next_words.unsqueeze(0) == target.unsqueeze(1)  # w_{i+1} = w_{t+1}
             scores = _similarity(hidden, keys, similarity).double()
-            has_cache.append(valid.any(1))
+            has_cache.append(valid.sum(1) >= (window if full_window else 1))
             for theta in thetas:
                 attention = torch.softmax(
                     (theta * scores).masked_fill(~valid, -torch.inf), dim=1
@@ -113,7 +118,8 @@ def evaluate_cache(
     theta: float,
     interpolation: float,
     similarity: str = "dot",
+    full_window: bool = False,
 ) -> Evaluation:
     """Perplexity of ``source`` with the cache pointer at (window, θ, λ)."""
-    scores = cache_scores(model, source, bptt, window, [theta], similarity)
+    scores = cache_scores(model, source, bptt, window, [theta], similarity, full_window)
     return scores.evaluation(theta, interpolation)

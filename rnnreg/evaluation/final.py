@@ -34,7 +34,9 @@ def extra_evaluations(
     c = e.cache
     if c.enabled:
         for split, stream in streams.items():
-            scores = cache_scores(model, stream, e.bptt, c.window, [c.theta], c.similarity.value)
+            scores = cache_scores(
+                model, stream, e.bptt, c.window, [c.theta], c.similarity.value, c.full_window
+            )
             results[f"{split}_ppl_cache"] = scores.evaluation(c.theta, c.interpolation).perplexity
     d = e.dynamic
     if d.enabled:

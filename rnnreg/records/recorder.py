@@ -20,6 +20,7 @@ from typing import Any
 from tqdm import tqdm
 
 from rnnreg.core.files import atomic_write_bytes
+from rnnreg.records.loggers import Tracker
 from rnnreg.records.summary import write_summary
 
 log = logging.getLogger(__name__)
@@ -194,16 +195,21 @@ class RunRecorder:
     after ``resumed_step`` are dropped: the resumed run writes them again.
     """
 
-    def __init__(self, run_dir: Path, resumed_step: int, epochs_done: int) -> None:
+    def __init__(
+        self, run_dir: Path, resumed_step: int, epochs_done: int, tracker: Tracker | None = None
+    ) -> None:
         run_dir.mkdir(parents=True, exist_ok=True)
         self.summary_path = run_dir / "summary.json"
         self.metrics = MetricsCsv(run_dir / "metrics.csv")
         if resumed_step:
             self.metrics.truncate_after(epochs_done)
         self.tb = TensorBoard(run_dir / "tb", purge_step=resumed_step or None)
+        self.tracker = tracker  # the logger group's W&B or MLflow run, if chosen
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
         self.tb.scalars(step, values)
+        if self.tracker is not None:
+            self.tracker.scalars(step, values)
 
     def epoch(self, r: EpochRecord) -> None:
         """The end of an epoch: its CSV row, its scalars, its log line."""
@@ -215,12 +221,13 @@ class RunRecorder:
                 "tokens_per_s": round(r.tokens_per_s, 1),
                 "elapsed_s": round(r.elapsed_s, 1),
                 "averaged": int(r.averaged),
-                "asgd_switch_epoch": r.asgd_switch_epoch or "",
+                # 0 for a fine-tuning stage (averaged from its first step); blank: never
+                "asgd_switch_epoch": "" if r.asgd_switch_epoch is None else r.asgd_switch_epoch,
             }
         )
         scalars = {"epoch/train_ppl": r.train_ppl, "val/ppl": r.val_ppl, "val/loss": r.val_loss}
         scalars |= {"epoch/lr": r.lr, "epoch/tokens_per_s": r.tokens_per_s, "epoch/epoch": r.epoch}
-        self.tb.scalars(r.step, {**scalars, "epoch/averaged": float(r.averaged)})
+        self.scalars(r.step, {**scalars, "epoch/averaged": float(r.averaged)})
         self.tb.flush()
         log.info(
             "epoch %d done: lr %.4g  train ppl %.2f  val ppl %.2f%s  %.0f tok/s",
@@ -232,8 +239,10 @@ class RunRecorder:
     def final(self, step: int, summary: dict[str, Any], results: dict[str, float]) -> None:
         """The final evaluation: scalars (``test/ppl``, ...), HParams, one log line."""
         best = math.inf if summary["best_val_ppl"] is None else summary["best_val_ppl"]
-        self.tb.scalars(step, {key.replace("_", "/", 1): v for key, v in results.items()})
+        self.scalars(step, {key.replace("_", "/", 1): v for key, v in results.items()})
         self.tb.hparams(hparams_of(summary), {"best_val_ppl": best, **results})
+        if self.tracker is not None:
+            self.tracker.hparams(hparams_of(summary), {"best_val_ppl": best, **results})
         log.info(
             "best val ppl %.2f (epoch %d); %s",
             best,
@@ -250,7 +259,7 @@ class RunRecorder:
     ) -> None:
         """Every ``trainer.log_every_steps``: the training scalars and, unless a progress
         bar shows them, a log line ``line`` = (epoch, row, last row, lr)."""
-        self.tb.scalars(step, scalars)
+        self.scalars(step, scalars)
         if line is not None:
             epoch, row, last_row, lr = line
             log.info(
@@ -265,3 +274,5 @@ class RunRecorder:
 
     def close(self) -> None:
         self.tb.close()
+        if self.tracker is not None:
+            self.tracker.close()

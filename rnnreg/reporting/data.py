@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import functools
 import json
+import logging
 import math
 import os
 import statistics
@@ -18,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from rnnreg.reporting.significance import Comparison, compare_to_reference, mean_interval
+
+log = logging.getLogger(__name__)
 
 Key = tuple[str, str, str, str, str, str]  # dataset, model, variant, budget, evaluation, precision
 
@@ -142,8 +145,10 @@ def find_runs(outputs: Path) -> list[Run]:
         path = Path(root)
         try:
             summary = json.loads((path / "summary.json").read_text())
-        except (OSError, json.JSONDecodeError):
-            continue  # being written by a running job: it will be read next time
+        except (OSError, json.JSONDecodeError) as exc:  # written atomically: it is damaged
+            why = exc.msg if isinstance(exc, json.JSONDecodeError) else exc.strerror
+            log.warning("skipped %s: unreadable (%s); fix or delete it", path / "summary.json", why)
+            continue
         runs.append(Run(path, summary))
     return sorted(runs, key=lambda run: str(run.path))
 

@@ -47,7 +47,7 @@ RESUMABLE_CHANGES = (
 
 
 #: Groups of settings that only say how a run is evaluated afterwards.
-RESUMABLE_PREFIXES = ("eval.cache.", "eval.dynamic.")
+RESUMABLE_PREFIXES = ("eval.cache.", "eval.dynamic.", "logger.")
 
 
 def _flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -2,7 +2,7 @@
 
     loss = NLL (token mean; × L with ``loss_sum_over_time``) + AR + TAR   (rnnreg/training/loss.py)
     g    = clip(∇ loss, optim.clip_grad_norm)                               (global norm)
-    θ    ← θ − s η (g + λ θ)   if the loss and ‖∇ loss‖ are finite, else θ   (FiniteSGD)
+    θ    ← θ − s η (g + λ θ)   if exp(NLL) and ‖∇ loss‖ are finite, else θ  (FiniteSGD)
 
 with s = L / bptt under variable BPTT (AWD-LSTM), else 1. Nothing is read back to the
 host: the window's summed NLL, its gradient norm and whether it was finite go to
@@ -49,7 +49,8 @@ class WindowStep:
         pause_point("step")  # inside a step: gradients computed, weights not yet updated
         max_norm = run.optim.clip_grad_norm or math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
-        finite = torch.isfinite(nll) & torch.isfinite(grad_norm)
+        # finite: a perplexity exp(NLL) that fp64 can hold (NLL < 709.8) and a finite norm
+        finite = torch.isfinite(nll.detach().double().exp()) & torch.isfinite(grad_norm)
         scale = inputs.size(0) / run.trainer.bptt if run.trainer.variable_bptt else 1.0
         optimizer.step(lr_scale=scale, finite=finite)
         self.parts.averaging.update(model)

@@ -28,6 +28,7 @@ from rnnreg.evaluation.perplexity import evaluate
 from rnnreg.model.lm import State
 from rnnreg.records.checkpoint import LAST
 from rnnreg.records.launch import LaunchRecord
+from rnnreg.records.loggers import open_tracker
 from rnnreg.records.provenance import git_commit
 from rnnreg.records.recorder import EpochRecord, IntervalMeter, RunRecorder, epoch_bar
 from rnnreg.training.checkpointing import best_weights, restore_last, save_best, save_last
@@ -236,7 +237,10 @@ class Trainer:
             self.parts.start_from_best(str(t.init_from))
         if self.launch is not None:
             self.launch.write(self.run_dir, resumed)
-        self.recorder = RunRecorder(self.run_dir, self.progress.step, self.progress.epochs_done)
+        tracker = open_tracker(self.run.logger, self.run_dir, as_plain_dict(self.run))
+        self.recorder = RunRecorder(
+            self.run_dir, self.progress.step, self.progress.epochs_done, tracker
+        )
         self.recorder.summary(self._summary("running"))
         try:
             with self.stop.installed():
