@@ -198,3 +198,112 @@ def test_a_corrupt_summary_is_skipped_with_a_warning_naming_it(outputs: Path, ca
     assert rows[("none", "standard")]["runs"] == "3"
     lines = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert len(lines) == 1 and str(corrupt) in lines[0]
+
+
+def composed_config(*overrides: str) -> dict:
+    """The resolved config a run of these overrides records in its summary.json."""
+    from hydra import compose, initialize_config_dir
+
+    from rnnreg.config.schema import CONF_DIR, as_plain_dict, register, to_run_config
+
+    register()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=list(overrides))
+    return as_plain_dict(to_run_config(cfg))
+
+
+def swept_run(root: Path, name: str, overrides: list[str], seed: int, test: float) -> Path:
+    """A finished run as a Hydra job writes it: its overrides and its resolved config."""
+    fake_run(root, name, variant="zaremba", seed=seed, val=test + 4, test=test)
+    run = root / name
+    summary = json.loads((run / "summary.json").read_text())
+    summary["config"] = composed_config(*overrides, f"seed={seed}")
+    (run / "summary.json").write_text(json.dumps(summary))
+    (run / ".hydra").mkdir()
+    lines = [f"- {o}" for o in [*overrides, f"seed={seed}", "trainer.threads=1"]]
+    (run / ".hydra" / "overrides.yaml").write_text("\n".join(lines) + "\n")
+    return run
+
+
+def test_a_rate_sweep_is_one_row_per_rate_labelled_by_its_change(tmp_path: Path) -> None:
+    """variant=zaremba variant.p_input=0.2,0.6 seed=1,2: two rows of two seeds, never one
+    mean of four; the preset's own runs are a third row, and only it faces the paper."""
+    root = tmp_path / "outputs"
+    base = ["variant=zaremba", "model=small"]
+    tests = {"0.2": (110.0, 112.0), "0.6": (130.0, 134.0)}
+    for rate, values in tests.items():
+        for seed, test in enumerate(values, 1):
+            swept_run(root, f"p{rate}_s{seed}", [*base, f"variant.p_input={rate}"], seed, test)
+    swept_run(root, "preset_s1", base, 1, 120.0)
+    with open(build_report(root).with_suffix(".csv"), newline="") as handle:
+        rows = {r["settings"]: r for r in csv.DictReader(handle) if r["evaluation"] == "standard"}
+    assert set(rows) == {"variant.p_input=0.2", "variant.p_input=0.6", ""}
+    for rate, values in tests.items():
+        row = rows[f"variant.p_input={rate}"]
+        assert row["runs"] == "2" and row["seeds"] == "1 2"
+        assert float(row["test_mean"]) == pytest.approx(statistics.fmean(values))
+        assert row["paper"] == ""
+    assert rows[""]["runs"] == "1" and rows[""]["variant"] == "zaremba"
+
+
+def test_runs_differing_only_in_how_they_ran_are_one_group(tmp_path: Path) -> None:
+    """Threads, device, compiling and the path of the data change no outcome setting."""
+    root = tmp_path / "outputs"
+    swept_run(root, "a", ["variant=zaremba", "model=small"], 1, 100.0)
+    swept_run(root, "b", ["variant=zaremba", "model=small", "model.compile=false"], 2, 102.0)
+    summary = json.loads((root / "b" / "summary.json").read_text())
+    summary["config"]["dataset"]["data_dir"] = "/elsewhere"
+    summary["config"]["trainer"]["threads"] = 7
+    (root / "b" / "summary.json").write_text(json.dumps(summary))
+    swept_run(root, "c", ["variant=zaremba", "model=small", "optim.lr=0.5"], 1, 140.0)
+    with open(build_report(root).with_suffix(".csv"), newline="") as handle:
+        rows = {r["settings"]: r for r in csv.DictReader(handle) if r["evaluation"] == "standard"}
+    assert set(rows) == {"", "optim.lr=0.5"}
+    assert rows[""]["runs"] == "2" and float(rows[""]["test_mean"]) == pytest.approx(101.0)
+
+
+def test_the_same_seed_twice_is_counted_once_and_flagged(tmp_path: Path) -> None:
+    root = tmp_path / "outputs"
+    for name, seed, test in (("a", 1, 100.0), ("b", 2, 110.0), ("c", 1, 104.0)):
+        fake_run(root, name, variant="zaremba", seed=seed, val=test, test=test)
+    report = build_report(root)
+    with open(report.with_suffix(".csv"), newline="") as handle:
+        (row,) = [r for r in csv.DictReader(handle) if r["evaluation"] == "standard"]
+    assert row["seeds"] == "1 2" and row["runs"] == "2" and row["duplicate_seeds"] == "1"
+    assert float(row["test_mean"]) == pytest.approx(105.0)  # a and b: the first of seed 1
+    assert "seed 1 twice" in report.read_text()
+
+
+@pytest.mark.parametrize("count", [1, 2, 5])
+def test_each_test_point_sits_on_its_label(tmp_path: Path, count: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from rnnreg.reporting.render import draw_test_points
+
+    rows = [
+        {
+            "variant": f"v{i}",
+            "settings": "",
+            "budget": "3 epochs",
+            "evaluation": "standard",
+            "test_mean": 100.0 + i,
+            "test_std": 1.0,
+            "paper_test": 99.0 if i % 2 else None,
+        }
+        for i in range(count)
+    ]
+    fig, ax = plt.subplots()
+    draw_test_points(ax, rows)
+    low, high = ax.get_xlim()
+    ticks = list(ax.get_xticks())
+    assert len(ticks) == count
+    for line in ax.lines:
+        for x in line.get_xdata():
+            nearest = min(ticks, key=lambda t: abs(t - x))
+            assert abs(nearest - x) <= 0.15
+    for tick in ticks:
+        assert low + 0.3 <= tick <= high - 0.3  # inside, away from both edges
+    plt.close(fig)

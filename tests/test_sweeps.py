@@ -79,7 +79,26 @@ def test_two_job_joblib_multirun_gives_two_summaries_and_a_report(
     cores = os.cpu_count() or 1
     assert all(s["config"]["trainer"]["threads"] == max(1, cores // 2) for s in seen)
     markdown = build_report(sweep).read_text()
-    assert "| ptb | small | none | 15 steps | standard | fp32 | 2 (1 2) |" in markdown
+    assert "| 15 steps | standard | fp32 | 2 (1 2) |" in markdown
+
+
+def test_a_rate_sweep_over_two_seeds_is_two_report_rows(
+    tiny_data: Path, tmp_path: Path, python: str
+) -> None:
+    """The sweep a new user runs first: two rates of one variant, two seeds each."""
+    sweep = tmp_path / "sweep"
+    env = dict(os.environ, RNNREG_DATA_DIR=str(tiny_data), RNNREG_CACHE_DIR=str(tmp_path / "c"))
+    launch = [
+        *(python, "-m", "rnnreg.train", "-m", "variant=zaremba", "variant.p_input=0.2,0.6"),
+        *("seed=1,2", *TINY, "model.compile=false", f"hydra.sweep.dir={sweep}"),
+    ]
+    result = subprocess.run(launch, cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert len(list(sweep.glob("*/summary.json"))) == 4
+    rows = [line for line in build_report(sweep).read_text().splitlines() if "| zaremba (" in line]
+    assert len(rows) == 2  # labelled by all they change from the preset: TINY and the rate
+    for rate, row in zip(("0.2", "0.6"), sorted(rows), strict=True):
+        assert f"variant.p_input={rate}) | 15 steps | standard | fp32 | 2 (1 2) |" in row
 
 
 def test_threads_per_job_keeps_jobs_times_threads_within_the_cores() -> None:

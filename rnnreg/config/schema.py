@@ -261,6 +261,48 @@ EXECUTION_SETTINGS = (
 )
 
 
+#: Keys of the resolved config, beside :data:`EXECUTION_SETTINGS`, that say how a run was
+#: executed or which run of a series it is, not what it computes: where the files lie, the
+#: LSTM path and its compiling (the same equations, rnnreg/model/lstm.py), how many MC
+#: replicas share a pass, the trackers, the seed and a fine-tune's source run. A report
+#: groups runs by every other key (:func:`outcome_settings`).
+NOT_OUTCOME_KEYS = (
+    "seed",
+    "trainer.init_from",
+    "dataset.data_dir",
+    "dataset.cache_dir",
+    "model.lstm_impl",
+    "model.compile",
+    "model.compile_mode",
+    "model.compile_block",
+    "eval.mc_replicas_per_pass",
+    "logger",
+)
+
+
+def flat_settings(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested config as ``{"section.key": value}`` (lists kept whole)."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat |= flat_settings(value, f"{dotted}.")
+        else:
+            flat[dotted] = value
+    return flat
+
+
+def outcome_settings(config: dict[str, Any]) -> dict[str, Any]:
+    """The settings that decide a run's numbers: the resolved ``config`` as dotted keys,
+    without ``trainer.<EXECUTION_SETTINGS>`` and :data:`NOT_OUTCOME_KEYS`."""
+    left_out = (*NOT_OUTCOME_KEYS, *(f"trainer.{name}" for name in EXECUTION_SETTINGS))
+    return {
+        key: value
+        for key, value in flat_settings(config).items()
+        if not any(key == out or key.startswith(f"{out}.") for out in left_out)
+    }
+
+
 @dataclass
 class TrainerConfig:
     epochs: int = 13

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import hashlib
 import json
 import logging
 import math
@@ -18,11 +19,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rnnreg import RnnregError
+from rnnreg.config.schema import GROUPS, group_options, outcome_settings
 from rnnreg.reporting.significance import Comparison, compare_to_reference, mean_interval
 
 log = logging.getLogger(__name__)
 
-Key = tuple[str, str, str, str, str, str]  # dataset, model, variant, budget, evaluation, precision
+#: dataset, model, variant, budget, evaluation, precision, and the digest of every other
+#: outcome setting (:func:`rnnreg.config.schema.outcome_settings`).
+Key = tuple[str, str, str, str, str, str, str]
+
+#: Outcome settings a label leaves out: the budget column shows them.
+BUDGET_SETTINGS = ("trainer.epochs", "trainer.max_steps")
 
 
 #: The evaluations a summary can hold, and the suffix of their fields (``test_ppl_mc``).
@@ -36,11 +44,13 @@ REPORT_COLUMNS = (
     "dataset",
     "model",
     "variant",
+    "settings",
     "budget",
     "evaluation",
     "precision",
     "runs",
     "seeds",
+    "duplicate_seeds",
     "val_mean",
     "val_std",
     "test_mean",
@@ -106,8 +116,15 @@ class Run:
             return "tf32 (cuDNN default, unrecorded)"
         return "fp32"
 
+    @functools.cached_property
+    def outcome(self) -> dict[str, Any]:
+        """The settings that decide this run's numbers, as dotted keys."""
+        config = self.summary.get("config")
+        return outcome_settings(config) if isinstance(config, dict) else {}
+
     def key(self, evaluation: str) -> Key:
         s = self.summary
+        canonical = json.dumps(self.outcome, sort_keys=True, default=str)
         return (
             str(s.get("dataset")),
             str(s.get("model")),
@@ -115,6 +132,33 @@ class Run:
             self.budget,
             evaluation,
             self.precision,
+            hashlib.sha1(canonical.encode()).hexdigest(),
+        )
+
+    def preset_choices(self) -> tuple[str, ...]:
+        """The config groups this run was composed from (``experiment=…``, ``variant=…``),
+        read from its ``.hydra/overrides.yaml``; without one, its variant, model and
+        dataset where they name a group's option."""
+        path = self.path / ".hydra" / "overrides.yaml"
+        if path.is_file():
+            lines = [line[2:].strip() for line in path.read_text().splitlines()]
+            pairs = [line.split("=", 1) for line in lines if "=" in line]
+            return tuple(f"{k}={v}" for k, v in pairs if k.lstrip("+~") in GROUPS)
+        s = self.summary
+        named = {"dataset": s.get("dataset"), "model": s.get("model"), "variant": s.get("variant")}
+        return tuple(
+            f"{group}={name}" for group, name in named.items() if name in group_options(group)
+        )
+
+    def settings_label(self) -> str:
+        """What differs from the preset the run was composed from: ``variant.p_input=0.2``."""
+        preset = preset_outcome(self.preset_choices())
+        if preset is None:
+            return "preset unknown"
+        return ", ".join(
+            f"{key}={value}"
+            for key, value in sorted(self.outcome.items())
+            if key in preset and preset[key] != value and key not in BUDGET_SETTINGS
         )
 
     def metrics(self) -> list[dict[str, str]]:
@@ -127,8 +171,21 @@ class Run:
 
 @dataclass
 class Group:
+    """Finished runs of one configuration: one per seed, the same seed again set apart."""
+
     key: Key
+    label: str = ""
     runs: list[Run] = field(default_factory=list)
+    duplicates: list[Run] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        """The variant and what differs from its preset: ``zaremba (variant.p_input=0.2)``."""
+        return f"{self.key[2]} ({self.label})" if self.label else self.key[2]
+
+    def add(self, run: Run) -> None:
+        seeds = {r.summary.get("seed") for r in self.runs}
+        (self.duplicates if run.summary.get("seed") in seeds else self.runs).append(run)
 
     def values(self, name: str) -> list[float]:
         suffix = EVALUATION_SUFFIX[self.key[4]]
@@ -154,6 +211,8 @@ def find_runs(outputs: Path) -> list[Run]:
 
 
 def group_runs(runs: list[Run]) -> list[Group]:
+    """Finished runs grouped by every outcome setting, never two configurations in one
+    mean; labels that would be equal for different settings get the settings' digest."""
     groups: dict[Key, Group] = {}
     for run in runs:
         if run.status != "completed":
@@ -162,8 +221,35 @@ def group_runs(runs: list[Run]) -> list[Group]:
             if evaluation != "standard" and run.summary.get(f"test_ppl{suffix}") is None:
                 continue
             key = run.key(evaluation)
-            groups.setdefault(key, Group(key)).runs.append(run)
+            if key not in groups:
+                groups[key] = Group(key, run.settings_label())
+            groups[key].add(run)
+    named: dict[tuple[str, ...], list[Group]] = defaultdict(list)
+    for group in groups.values():
+        named[(*group.key[:6], group.label)].append(group)
+    for same in named.values():
+        for group in same[1:]:
+            group.label = ", ".join(filter(None, [group.label, f"#{group.key[6][:6]}"]))
     return [groups[key] for key in sorted(groups)]
+
+
+@functools.cache
+def preset_outcome(choices: tuple[str, ...]) -> dict[str, Any] | None:
+    """The outcome settings of the config these group choices compose, or None when they
+    no longer compose (a preset renamed since the run)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from rnnreg.config.schema import CONF_DIR, as_plain_dict, register, to_run_config
+
+    register()
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = compose("config", overrides=list(choices))
+        return outcome_settings(as_plain_dict(to_run_config(cfg)))
+    except (HydraException, OmegaConfBaseException, RnnregError, ValueError):
+        return None
 
 
 def load_published(path: Path = PUBLISHED) -> list[dict[str, str]]:
@@ -173,7 +259,7 @@ def load_published(path: Path = PUBLISHED) -> list[dict[str, str]]:
 
 def published_for(key: Key, rows: list[dict[str, str]]) -> dict[str, str] | None:
     """The first published row for this dataset, model, variant and evaluation."""
-    dataset, model, variant, _budget, evaluation, _precision = key
+    dataset, model, variant, evaluation = key[0], key[1], key[2], key[4]
     for row in rows:
         if (row["dataset"], row["model"], row["variant"], row["evaluation"]) == (
             dataset,
@@ -200,18 +286,22 @@ def summarise(group: Group, published: list[dict[str, str]]) -> dict[str, Any]:
     interval = mean_interval(tests)
     best = min(group.runs, key=lambda r: r.summary.get("best_val_ppl") or math.inf)
     rates = [float(r.summary["tokens_per_s"]) for r in group.runs if r.summary.get("tokens_per_s")]
-    paper = published_for(group.key, published)
+    paper = None if group.label else published_for(group.key, published)  # the preset's row
+    seeds = sorted({r.summary.get("seed") for r in group.runs}, key=str)
+    twice = sorted({r.summary.get("seed") for r in group.duplicates}, key=str)
     paper_test = float(paper["test_ppl"]) if paper and paper["test_ppl"] else None
     paper_val = float(paper["val_ppl"]) if paper and paper["val_ppl"] else None
     return {
         "dataset": group.key[0],
         "model": group.key[1],
         "variant": group.key[2],
+        "settings": group.label,
         "budget": group.key[3],
         "evaluation": group.key[4],
         "precision": group.key[5],
         "runs": len(group.runs),
-        "seeds": " ".join(str(s) for s in sorted({r.summary.get("seed") for r in group.runs})),
+        "seeds": " ".join(str(seed) for seed in seeds),
+        "duplicate_seeds": " ".join(str(seed) for seed in twice),
         "val_mean": val_mean,
         "val_std": val_std,
         "test_mean": test_mean,
@@ -243,15 +333,22 @@ def summarise(group: Group, published: list[dict[str, str]]) -> dict[str, Any]:
 Setting = tuple[str, str, str, str, str]  # dataset, model, budget, evaluation, precision
 
 
+def row_name(row: dict[str, Any]) -> str:
+    """A report row's group name (:attr:`Group.name`)."""
+    return f"{row['variant']} ({row['settings']})" if row["settings"] else str(row["variant"])
+
+
 def compare_groups(
     groups: list[Group], rows: list[dict[str, Any]], reference: str
 ) -> dict[Setting, list[Comparison]]:
-    """Welch + Holm of every variant against ``reference`` within each setting; the rows
-    gain ``reference``, ``test_minus_reference`` and ``p_holm``."""
+    """Welch + Holm of every group against ``reference`` (a variant at its preset, or a
+    group's name: ``zaremba (variant.p_input=0.2)``) within each setting; the rows gain
+    ``reference``, ``test_minus_reference`` and ``p_holm``."""
     values: dict[Setting, dict[str, list[float]]] = defaultdict(dict)
     for group in groups:
-        dataset, model, variant, budget, evaluation, precision = group.key
-        values[(dataset, model, budget, evaluation, precision)][variant] = group.values("test_ppl")
+        dataset, model, _variant, budget, evaluation, precision, _digest = group.key
+        setting = (dataset, model, budget, evaluation, precision)
+        values[setting][group.name] = group.values("test_ppl")
     comparisons = {
         setting: found
         for setting, by_variant in sorted(values.items())
@@ -260,7 +357,7 @@ def compare_groups(
     for row in rows:
         setting = (row["dataset"], row["model"], row["budget"], row["evaluation"], row["precision"])
         for c in comparisons.get(setting, []):
-            if c.variant == row["variant"]:
+            if c.variant == row_name(row):
                 row["reference"], row["test_minus_reference"] = reference, c.difference
                 row["p_holm"] = c.p_holm
     return comparisons

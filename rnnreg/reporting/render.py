@@ -8,7 +8,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from rnnreg.reporting.data import REPORT_COLUMNS, Group, Run, Setting, budget_note
+from rnnreg.reporting.data import REPORT_COLUMNS, Group, Run, Setting, budget_note, row_name
 from rnnreg.reporting.significance import Comparison, sentence
 
 
@@ -43,6 +43,14 @@ def _vs(r: dict[str, Any]) -> str:
     return f"{r['test_minus_reference']:+.2f} (p = {r['p_holm']:.3g}){mark}"
 
 
+def _seeds(r: dict[str, Any]) -> str:
+    """``2 (1 2)``, and the seeds run twice, counted once: ``⚠ seed 1 twice``."""
+    cell = f"{r['runs']} ({r['seeds']})"
+    if r["duplicate_seeds"]:
+        cell += f" ⚠ seed {r['duplicate_seeds']} twice, counted once"
+    return cell
+
+
 def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
     with open(path, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=REPORT_COLUMNS)
@@ -65,7 +73,9 @@ def write_markdown(
         "of the mean test perplexity (t interval; bootstrap from 10 seeds). `vs ref`: the "
         "difference in mean test perplexity to the reference variant, with Welch's p-value "
         "corrected by Holm's method over the variants of the setting; `†` marks p < 0.05. "
-        "`*` marks a published number of low confidence (quoted from memory; verify).",
+        "`*` marks a published number of low confidence (quoted from memory; verify). "
+        "A variant's settings in parentheses are what its runs changed from its preset; "
+        "only the preset itself is set beside the paper.",
         "",
         "| dataset | model | variant | budget | eval | precision | runs (seeds) | val ppl "
         "| test ppl | test 95% CI | vs ref (p) | best run (val / test) | tokens/s | LSTM path "
@@ -83,9 +93,9 @@ def write_markdown(
             else ""
         )
         lines.append(
-            f"| {r['dataset']} | {r['model']} | {r['variant']} | {r['budget']} "
+            f"| {r['dataset']} | {r['model']} | {row_name(r)} | {r['budget']} "
             f"| {r['evaluation']} | {r['precision']} | "
-            f"{r['runs']} ({r['seeds']}) | {_pm(r['val_mean'], r['val_std'])} | "
+            f"{_seeds(r)} | {_pm(r['val_mean'], r['val_std'])} | "
             f"{_pm(r['test_mean'], r['test_std'])} | {_ci(r)} | {_vs(r)} | "
             f"`{Path(r['best_run']).name}` "
             f"({_fmt(r['best_val'])} / {_fmt(r['best_test'])}) | {_fmt(r['tokens_per_s'], 0)} | "
@@ -164,9 +174,7 @@ def plot_figures(groups: list[Group], rows: list[dict[str, Any]], out: Path) -> 
             means = [statistics.fmean(by_epoch[e]) for e in epochs]
             lows = [min(by_epoch[e]) for e in epochs]
             highs = [max(by_epoch[e]) for e in epochs]
-            ax.plot(
-                epochs, means, marker="o", markersize=3, label=f"{group.key[2]} ({group.key[3]})"
-            )
+            ax.plot(epochs, means, marker="o", markersize=3, label=f"{group.name} ({group.key[3]})")
             ax.fill_between(epochs, lows, highs, alpha=0.2)
         ax.set(
             xlabel="epoch",
@@ -187,30 +195,29 @@ def plot_figures(groups: list[Group], rows: list[dict[str, Any]], out: Path) -> 
             if (r["dataset"], r["model"]) == (dataset, model) and r["test_mean"] is not None
         ]
         fig, ax = plt.subplots(figsize=(max(7.0, 1.3 * len(bars)), 4.5))
-        labels = [f"{r['variant']}\n{r['budget']}\n{r['evaluation']}" for r in bars]
-        xs = list(range(len(bars)))
-        ax.errorbar(
-            [x - 0.1 for x in xs],
-            [r["test_mean"] for r in bars],
-            yerr=[r["test_std"] or 0.0 for r in bars],
-            fmt="o",
-            capsize=4,
-            label="rnnreg",
-        )
-        paper = [
-            (x + 0.1, r["paper_test"])
-            for x, r in zip(xs, bars, strict=True)
-            if r["paper_test"] is not None
-        ]
-        if paper:
-            ax.plot(
-                [p[0] for p in paper],
-                [p[1] for p in paper],
-                "s",
-                label="paper (after its full training protocol)",
-            )
-        ax.set_xticks(xs, labels, fontsize=7)
+        draw_test_points(ax, bars)
         ax.set(ylabel="test perplexity", title=f"{dataset} / {model}: test perplexity")
-        ax.legend(fontsize=8)
         written.append(_save(fig, out / f"test_{dataset}_{model}.png"))
     return written
+
+
+def draw_test_points(ax: Any, rows: list[dict[str, Any]]) -> None:
+    """One column per row, its label under it: our mean test perplexity (± std) just left
+    of the column's centre, the paper's just right; the axis spans half a column beyond
+    the first and the last, whatever their number."""
+    xs = list(range(len(rows)))
+    ax.errorbar(
+        [x - 0.1 for x in xs],
+        [r["test_mean"] for r in rows],
+        yerr=[r["test_std"] or 0.0 for r in rows],
+        fmt="o",
+        capsize=4,
+        label="rnnreg",
+    )
+    paper = [(x + 0.1, r["paper_test"]) for x, r in zip(xs, rows, strict=True) if r["paper_test"]]
+    if paper:
+        ax.plot(*zip(*paper, strict=True), "s", label="paper (after its full training protocol)")
+    labels = [f"{row_name(r)}\n{r['budget']}\n{r['evaluation']}" for r in rows]
+    ax.set_xticks(xs, labels, fontsize=7)
+    ax.set_xlim(-0.5, len(rows) - 0.5)
+    ax.legend(fontsize=8)
