@@ -3,6 +3,7 @@ evaluation, without training.
 
     python -m rnnreg.rescore <run dir> [eval.cache.enabled=true] [eval.dynamic.enabled=true]
                              [eval.cache.theta=1.0 ...] [--grid]
+    python -m rnnreg.rescore <run dir> eval.uncertainty=true eval.mc_samples=100
 
 The run's own resolved config (from its checkpoint) is used, with the given ``eval.*``
 overrides. The weights are those of ``eval.test_weights`` (``best``: ``best.pt``;
@@ -13,6 +14,9 @@ validation tokens) on the validation set, never on test. The results go into the
 ``summary.json`` (``val_ppl_cache``, ``test_ppl_cache``, ``val_ppl_dynamic``,
 ``test_ppl_dynamic``, the settings used, and tokens/s of each evaluation next to the
 standard one at batch 1), its TensorBoard events, and ``rescore.json``.
+``eval.uncertainty=true`` adds the calibration and uncertainty of the standard and MC
+evaluations (``{split}_{metric}[_mc]`` and the ``reliability`` bins;
+:mod:`rnnreg.evaluation.uncertainty`).
 """
 
 from __future__ import annotations
@@ -31,13 +35,14 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from rnnreg import RnnregError, error_exit
-from rnnreg.config.schema import RunConfig, TestWeights, register
+from rnnreg.config.schema import EvalConfig, RunConfig, TestWeights, register
 from rnnreg.core.files import atomic_write_bytes
 from rnnreg.core.precision import apply_precision
 from rnnreg.data.batching import batchify
-from rnnreg.data.corpus import load_corpus
+from rnnreg.data.corpus import Corpus, load_corpus
 from rnnreg.evaluation.cache_pointer import cache_scores
 from rnnreg.evaluation.dynamic import evaluate_dynamic, gradient_statistics
+from rnnreg.evaluation.final import mc_evaluations, merge_results, standard_uncertainty
 from rnnreg.evaluation.perplexity import evaluate
 from rnnreg.model.lm import LanguageModel
 from rnnreg.records.checkpoint import BEST, LAST, load_checkpoint
@@ -94,6 +99,8 @@ def rescore(run_dir: Path, overrides: list[str], grid: bool) -> dict[str, Any]:
         out[f"{split}_ppl_batch1"] = standard.perplexity
         seconds += took
     out["eval_tokens_per_s"]["standard"] = sum(tokens.values()) / seconds
+    if e.uncertainty:
+        out = merge_results(out, uncertainty(model, corpus, e))
     if c.enabled or grid:
         thetas = sorted(set(c.theta_grid) | {c.theta}) if grid else [c.theta]
         val, took = _timed(
@@ -171,6 +178,21 @@ def rescore(run_dir: Path, overrides: list[str], grid: bool) -> dict[str, Any]:
     return out
 
 
+def uncertainty(model: LanguageModel, corpus: Corpus, e: EvalConfig) -> dict[str, Any]:
+    """``eval.uncertainty``: the standard and (with ``eval.mc_samples``) MC evaluations'
+    calibration and uncertainty, at the run's evaluation batch sizes, timed."""
+    batched = {
+        "val": batchify(corpus.valid, e.batch_size),
+        "test": batchify(corpus.test, e.test_batch_size),
+    }
+    out, took = _timed(standard_uncertainty, model, batched, e.bptt)
+    timing = {"standard_s": took}
+    if e.mc_samples > 0:
+        mc, timing["mc_s"] = _timed(mc_evaluations, model, batched, e)
+        out = merge_results(out, mc)
+    return {**out, "uncertainty": {"mc_samples": e.mc_samples, **timing}}
+
+
 def record(run_dir: Path, out: dict[str, Any]) -> None:
     """Into ``rescore.json``, ``summary.json`` and the TensorBoard events."""
     atomic_write_bytes(run_dir / "rescore.json", (json.dumps(out, indent=2) + "\n").encode())
@@ -178,7 +200,9 @@ def record(run_dir: Path, out: dict[str, Any]) -> None:
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     write_summary(summary_path, {**summary, **out})
     tb = TensorBoard(run_dir / "tb")
-    scalars = {k: v for k, v in out.items() if k.startswith(("val_ppl_", "test_ppl_"))}
+    scalars = {
+        k: v for k, v in out.items() if k.startswith(("val_", "test_")) and isinstance(v, float)
+    }
     tb.scalars(
         int(summary.get("steps") or 0), {k.replace("_", "/", 1): v for k, v in scalars.items()}
     )

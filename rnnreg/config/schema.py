@@ -264,7 +264,8 @@ EXECUTION_SETTINGS = (
 #: Keys of the resolved config, beside :data:`EXECUTION_SETTINGS`, that say how a run was
 #: executed or which run of a series it is, not what it computes: where the files lie, the
 #: LSTM path and its compiling (the same equations, rnnreg/model/lstm.py), how many MC
-#: replicas share a pass, the trackers, the seed and a fine-tune's source run. A report
+#: replicas share a pass, whether calibration is measured too, the trackers, the seed
+#: and a fine-tune's source run. A report
 #: groups runs by every other key (:func:`outcome_settings`).
 NOT_OUTCOME_KEYS = (
     "seed",
@@ -276,6 +277,7 @@ NOT_OUTCOME_KEYS = (
     "model.compile_mode",
     "model.compile_block",
     "eval.mc_replicas_per_pass",
+    "eval.uncertainty",
     "logger",
 )
 
@@ -441,8 +443,13 @@ class EvalConfig:
     bptt: int = 35
     #: MC-dropout samples K for the final evaluation of the best weights (0: standard only).
     mc_samples: int = 0
-    #: At most this many samples per batched pass (0: all K in one pass).
+    #: At most this many samples per batched pass (0: as many as keep a window's logits
+    #: under 512 MB, rnnreg/evaluation/mc.py MC_PASS_BYTES).
     mc_replicas_per_pass: int = 0
+    #: Calibration and uncertainty of the standard and MC evaluations of validation and
+    #: test (accuracy, Brier, ECE, entropies, MI, error-detection AUROC;
+    #: rnnreg/evaluation/uncertainty.py).
+    uncertainty: bool = False
     #: When MC-dropout masks are drawn (see :class:`MaskDraw`).
     mc_mask_draw: MaskDraw = MaskDraw.window
     #: Keep the word-type (embedding) mask on in MC dropout (Gal's code turns it off).

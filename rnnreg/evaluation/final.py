@@ -8,6 +8,8 @@ Every result is a perplexity keyed as in ``summary.json``: ``test_ppl_final``,
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from rnnreg.config.schema import EvalConfig, MaskDraw, TestWeights
@@ -18,6 +20,7 @@ from rnnreg.evaluation.cache_pointer import cache_scores
 from rnnreg.evaluation.dynamic import evaluate_dynamic, gradient_statistics
 from rnnreg.evaluation.mc import evaluate_mc
 from rnnreg.evaluation.perplexity import evaluate
+from rnnreg.evaluation.uncertainty import UncertaintyMeter
 from rnnreg.model.lm import LanguageModel
 
 
@@ -54,7 +57,7 @@ def final_evaluation(
     valid: torch.Tensor,
     test: torch.Tensor,
     e: EvalConfig,
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """Test perplexity of the final and of the best-validation weights; ``test_ppl`` (and
     MC dropout, with ``eval.mc_samples``) uses those of ``eval.test_weights``, which stay
     loaded in ``model`` afterwards.
@@ -74,8 +77,36 @@ def final_evaluation(
     if e.test_weights is TestWeights.final:
         model.load_state_dict(final_weights)
     results["test_ppl"] = results[f"test_ppl_{e.test_weights.value}"]
+    if e.uncertainty:
+        results |= standard_uncertainty(model, {"val": valid, "test": test}, e.bptt)
     if e.mc_samples > 0:
-        results |= mc_evaluations(model, {"val": valid, "test": test}, e)
+        results = merge_results(results, mc_evaluations(model, {"val": valid, "test": test}, e))
+    return results
+
+
+def merge_results(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """``a`` and ``b``, their ``reliability`` bins joined."""
+    bins = {**a.get("reliability", {}), **b.get("reliability", {})}
+    return {**a, **b, **({"reliability": bins} if bins else {})}
+
+
+def uncertainty_results(split: str, suffix: str, meter: UncertaintyMeter) -> dict[str, Any]:
+    """A meter's metrics as ``{split}_{metric}{suffix}`` (``test_ece_mc``), and its
+    reliability bins under ``reliability`` → ``{split}{suffix}``."""
+    metrics, bins = meter.results()
+    out: dict[str, Any] = {f"{split}_{name}{suffix}": value for name, value in metrics.items()}
+    return out | {"reliability": {f"{split}{suffix}": bins}}
+
+
+def standard_uncertainty(
+    model: LanguageModel, sources: dict[str, torch.Tensor], bptt: int
+) -> dict[str, Any]:
+    """Calibration and uncertainty of the standard evaluation of each source."""
+    results: dict[str, Any] = {}
+    for split, source in sources.items():
+        meter = UncertaintyMeter()
+        evaluate(model, source, bptt, meter)
+        results = merge_results(results, uncertainty_results(split, "", meter))
     return results
 
 
@@ -87,9 +118,11 @@ def same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool
 def mc_evaluations(
     model: LanguageModel, sources: dict[str, torch.Tensor], e: EvalConfig
 ) -> dict[str, float]:
-    """``{split}_ppl_mc`` of each source with ``eval.mc_samples`` samples."""
-    results = {}
+    """``{split}_ppl_mc`` of each source with ``eval.mc_samples`` samples (and, with
+    ``eval.uncertainty``, the samples' calibration and uncertainty)."""
+    results: dict[str, Any] = {}
     for split, source in sources.items():
+        meter = UncertaintyMeter() if e.uncertainty else None
         mc = evaluate_mc(
             model,
             source,
@@ -98,8 +131,11 @@ def mc_evaluations(
             e.mc_replicas_per_pass,
             hold_masks=e.mc_mask_draw is MaskDraw.stream,
             embedding_dropout=e.mc_embedding_dropout,
+            meter=meter,
         )
         results[f"{split}_ppl_mc"] = mc.perplexity
+        if meter is not None:
+            results = merge_results(results, uncertainty_results(split, "_mc", meter))
     return results
 
 
@@ -109,7 +145,7 @@ def evaluate_run(
     best_weights: dict[str, torch.Tensor] | None,
     splits: tuple[torch.Tensor, torch.Tensor, Corpus],
     e: EvalConfig,
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """Every evaluation that ends a run: :func:`final_evaluation` of the batched
     (validation, test) splits, then, when enabled, :func:`extra_evaluations` at batch 1
     of the corpus's streams, on the tested weights."""

@@ -239,6 +239,7 @@ class RunRecorder:
     def final(self, step: int, summary: dict[str, Any], results: dict[str, float]) -> None:
         """The final evaluation: scalars (``test/ppl``, ...), HParams, one log line."""
         best = math.inf if summary["best_val_ppl"] is None else summary["best_val_ppl"]
+        results = {k: v for k, v in results.items() if isinstance(v, float)}  # not the bins
         self.scalars(step, {key.replace("_", "/", 1): v for key, v in results.items()})
         self.tb.hparams(hparams_of(summary), {"best_val_ppl": best, **results})
         if self.tracker is not None:

@@ -33,6 +33,11 @@ Key = tuple[str, str, str, str, str, str, str]
 BUDGET_SETTINGS = ("trainer.epochs", "trainer.max_steps")
 
 
+#: The calibration columns (eval.uncertainty; rnnreg/evaluation/uncertainty.py), the
+#: mean over a group's runs of ``test_<metric>`` (``_mc`` for the MC rows).
+CALIBRATION = ("acc", "brier", "ece", "mi", "auroc_maxprob", "auroc_entropy", "auroc_mi")
+
+
 #: The evaluations a summary can hold, and the suffix of their fields (``test_ppl_mc``).
 EVALUATION_SUFFIX = {"standard": "", "mc": "_mc", "cache": "_cache", "dynamic": "_dynamic"}
 
@@ -64,6 +69,7 @@ REPORT_COLUMNS = (
     "best_run",
     "best_val",
     "best_test",
+    *(f"test_{metric}" for metric in CALIBRATION),
     "tokens_per_s",
     "lstm_path",
     "params",
@@ -252,6 +258,24 @@ def preset_outcome(choices: tuple[str, ...]) -> dict[str, Any] | None:
         return None
 
 
+def pooled_bins(runs: list[Run], name: str) -> dict[str, list[float]] | None:
+    """The reliability bins ``name`` (``test``, ``test_mc``) of the runs pooled: counts
+    summed, confidence and accuracy weighted by count; None when no run has them."""
+    found = [
+        r.summary["reliability"][name] for r in runs if name in (r.summary.get("reliability") or {})
+    ]
+    if not found:
+        return None
+    counts = [sum(b["count"][i] for b in found) for i in range(len(found[0]["count"]))]
+    pooled: dict[str, list[float]] = {"count": counts}
+    for field_name in ("confidence", "accuracy"):
+        pooled[field_name] = [
+            sum(b["count"][i] * b[field_name][i] for b in found) / n if n else 0.0
+            for i, n in enumerate(counts)
+        ]
+    return pooled
+
+
 def load_published(path: Path = PUBLISHED) -> list[dict[str, str]]:
     with open(path, newline="") as handle:
         return list(csv.DictReader(handle))
@@ -320,6 +344,7 @@ def summarise(group: Group, published: list[dict[str, str]]) -> dict[str, Any]:
             sorted({str(r.summary["lstm_path"]) for r in group.runs if r.summary.get("lstm_path")})
         ),
         "params": group.runs[0].summary.get("params"),
+        **{f"test_{m}": _mean_std(group.values(f"test_{m}"))[0] for m in CALIBRATION},
         "paper": paper["paper"] if paper else None,
         "paper_val": paper_val,
         "paper_test": paper_test,

@@ -4,11 +4,20 @@ from __future__ import annotations
 
 import csv
 import statistics
+import textwrap
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from rnnreg.reporting.data import REPORT_COLUMNS, Group, Run, Setting, budget_note, row_name
+from rnnreg.reporting.data import (
+    REPORT_COLUMNS,
+    Group,
+    Run,
+    Setting,
+    budget_note,
+    pooled_bins,
+    row_name,
+)
 from rnnreg.reporting.significance import Comparison, sentence
 
 
@@ -101,6 +110,7 @@ def write_markdown(
             f"({_fmt(r['best_val'])} / {_fmt(r['best_test'])}) | {_fmt(r['tokens_per_s'], 0)} | "
             f"{r['lstm_path']} | {_fmt(r['params'])} | {paper} | {_fmt(r['test_minus_paper'])} |"
         )
+    lines += calibration_table(rows)
     for setting, found in (comparisons or {}).items():
         dataset, model, budget, evaluation, precision = setting
         lines += [
@@ -135,6 +145,78 @@ def write_markdown(
         lines += ["", "## Figures", ""]
         lines += [f"![{figure.stem}](figures/{figure.name})" for figure in figures]
     path.write_text("\n".join(lines) + "\n")
+
+
+def calibration_table(rows: list[dict[str, Any]]) -> list[str]:
+    """The test split's calibration and uncertainty (``eval.uncertainty``), per group."""
+    measured = [r for r in rows if r["test_acc"] is not None]
+    if not measured:
+        return []
+    lines = [
+        "",
+        "## Calibration and uncertainty (test)",
+        "",
+        "Means over a group's runs. Accuracy: top-1; Brier: multiclass; ECE: top label, 15 "
+        "equal-width bins; MI: mutual information of the MC samples (BALD); AUROC: how "
+        "well a score ranks the errors above the correct predictions (0.5: no better than "
+        "chance), for 1 − max probability, predictive entropy and MI.",
+        "",
+        "| dataset | model | variant | eval | test ppl | accuracy | Brier | ECE | MI "
+        "| AUROC max p | AUROC entropy | AUROC MI |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in measured:
+        cells = [_fmt(r[f"test_{m}"], 4) for m in ("acc", "brier", "ece", "mi")]
+        cells += [_fmt(r[f"test_auroc_{m}"], 3) for m in ("maxprob", "entropy", "mi")]
+        lines.append(
+            f"| {r['dataset']} | {r['model']} | {row_name(r)} | {r['evaluation']} "
+            f"| {_fmt(r['test_mean'])} | " + " | ".join(cells) + " |"
+        )
+    return lines
+
+
+def plot_reliability(groups: list[Group], out: Path) -> list[Path]:
+    """A reliability diagram per group with calibration bins: accuracy against
+    confidence per bin (bars, the runs pooled), the standard evaluation and MC dropout
+    side by side, the diagonal of perfect calibration, the runs' mean ECE in each title."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    for group in groups:
+        if group.key[4] != "standard":
+            continue
+        panels = [(e, pooled_bins(group.runs, name), key) for e, name, key in PANELS]
+        panels = [panel for panel in panels if panel[1] is not None]
+        if not panels:
+            continue
+        fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 4.2), squeeze=False)
+        for ax, (evaluation, bins, ece_key) in zip(axes[0], panels, strict=True):
+            width = 1 / len(bins["count"])
+            centres = [(i + 0.5) * width for i in range(len(bins["count"]))]
+            ax.bar(centres, bins["accuracy"], width=width, edgecolor="black", label="accuracy")
+            ax.plot([0, 1], [0, 1], "--", color="gray", label="perfect calibration")
+            eces = [float(r.summary[ece_key]) for r in group.runs if r.summary.get(ece_key)]
+            ece = f"ECE {statistics.fmean(eces):.3f}" if eces else ""
+            ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (max probability)")
+            ax.set(ylabel="accuracy", title=f"{evaluation}: {ece}")
+            ax.legend(fontsize=7, loc="upper left")
+        title = f"{group.key[0]} / {group.key[1]} / {group.name} ({group.key[3]}): test"
+        fig.suptitle(_wrap(title, 100), fontsize=9)
+        slug = "_".join((group.key[0], group.key[1], group.key[2], group.key[6][:8]))
+        written.append(_save(fig, out / f"reliability_{slug}.png"))
+    return written
+
+
+#: The reliability diagram's panels: (title, summary bins, the runs' ECE in summary.json).
+PANELS = (("standard", "test", "test_ece"), ("MC dropout", "test_mc", "test_ece_mc"))
+
+
+def _wrap(text: str, width: int = 40) -> str:
+    """A label on lines of at most ``width`` characters (a group's settings can be long)."""
+    return textwrap.fill(text, width, break_long_words=False)
 
 
 def _save(fig: Any, path: Path) -> Path:
@@ -174,7 +256,13 @@ def plot_figures(groups: list[Group], rows: list[dict[str, Any]], out: Path) -> 
             means = [statistics.fmean(by_epoch[e]) for e in epochs]
             lows = [min(by_epoch[e]) for e in epochs]
             highs = [max(by_epoch[e]) for e in epochs]
-            ax.plot(epochs, means, marker="o", markersize=3, label=f"{group.name} ({group.key[3]})")
+            ax.plot(
+                epochs,
+                means,
+                marker="o",
+                markersize=3,
+                label=_wrap(f"{group.name} ({group.key[3]})"),
+            )
             ax.fill_between(epochs, lows, highs, alpha=0.2)
         ax.set(
             xlabel="epoch",
@@ -198,7 +286,7 @@ def plot_figures(groups: list[Group], rows: list[dict[str, Any]], out: Path) -> 
         draw_test_points(ax, bars)
         ax.set(ylabel="test perplexity", title=f"{dataset} / {model}: test perplexity")
         written.append(_save(fig, out / f"test_{dataset}_{model}.png"))
-    return written
+    return written + plot_reliability(groups, out)
 
 
 def draw_test_points(ax: Any, rows: list[dict[str, Any]]) -> None:
@@ -217,7 +305,7 @@ def draw_test_points(ax: Any, rows: list[dict[str, Any]]) -> None:
     paper = [(x + 0.1, r["paper_test"]) for x, r in zip(xs, rows, strict=True) if r["paper_test"]]
     if paper:
         ax.plot(*zip(*paper, strict=True), "s", label="paper (after its full training protocol)")
-    labels = [f"{row_name(r)}\n{r['budget']}\n{r['evaluation']}" for r in rows]
+    labels = [f"{_wrap(row_name(r), 24)}\n{r['budget']}\n{r['evaluation']}" for r in rows]
     ax.set_xticks(xs, labels, fontsize=7)
     ax.set_xlim(-0.5, len(rows) - 0.5)
     ax.legend(fontsize=8)

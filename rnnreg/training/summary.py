@@ -51,6 +51,7 @@ def run_summary(
         "best_epoch": p.best_epoch,
         "last_val_ppl": None if math.isnan(p.last_val_ppl) else p.last_val_ppl,
         **{key: final.get(key) for key in FINAL_RESULTS},
+        **final,  # and what else was evaluated (eval.uncertainty's metrics and bins)
         "precision": run.trainer.precision.value,
         "test_weights": run.eval.test_weights.value,
         "mc_samples": run.eval.mc_samples,
