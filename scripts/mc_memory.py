@@ -2,8 +2,9 @@
 
     python scripts/mc_memory.py [--samples 10 100 1000] [--windows 2] [--model medium]
 
-Each K runs in a fresh process: a randomly initialised, eager (``model.compile=false``) ``model`` (PTB's vocabulary of
-10,000, ``variant=gal``) MC-evaluates ``--windows`` windows of 35 steps at batch 20 with an
+Each K runs in a fresh process: a randomly initialised, eager (``model.compile=false``)
+``model`` (PTB's vocabulary of 10,000, ``variant=gal``) MC-evaluates ``--windows``
+windows of 35 steps at batch 20 with an
 :class:`~rnnreg.evaluation.uncertainty.UncertaintyMeter`. It prints the extra peak RSS
 over the process before the evaluation (glibc's mmap threshold fixed so that freed blocks
 are returned; CUDA: ``max_memory_allocated``), the seconds per window, and the replicas
