@@ -84,10 +84,15 @@ sweep: $(STAMP) ## every variant x 3 seeds, model=small PTB, SWEEP_EPOCHS (3) ep
 		variant=$(VARIANTS) seed=$(SEEDS) model=small trainer.epochs=$(SWEEP_EPOCHS) \
 		trainer.auto_resume=true hydra.sweep.dir=$(abspath $(SWEEP_DIR))
 
+TUNE_WORKERS ?= 2
+
 sweep-paper: $(STAMP) ## the paper presets x 3 seeds on SLURM GPUs (set RNNREG_SLURM_PARTITION)
 	$(PY) -m rnnreg.train -m hydra/launcher=slurm experiment=$(PAPER_EXPERIMENTS) \
 		seed=$(SEEDS) eval.mc_samples=100 trainer.device=cuda trainer.auto_resume=true \
 		hydra.sweep.dir=$(abspath $(PAPER_DIR))
+
+tune: $(STAMP) ## equal-budget studies (conf/tune/default.yaml: zaremba, gal; small; 16 trials x 2 epochs, ASHA; best retrained x 3 seeds), TUNE_WORKERS (2) at once
+	$(PY) -m rnnreg.tune tune.workers=$(TUNE_WORKERS)
 
 ledger-runs: $(STAMP) ## the ledger's rows in order (seed 1), each skipped when results/runs has it completed, else resumed from its checkpoint, then recorded
 	@set -e; for row in $(LEDGER_ROWS); do \

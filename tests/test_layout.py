@@ -23,6 +23,7 @@ PACKAGES = [
     "evaluation",
     "records",
     "training",
+    "tuning",
     "reporting",
     "cli",
 ]

@@ -4,6 +4,7 @@ rnnreg train [group=option ...] [key=value ...]     (python -m rnnreg.train)
 rnnreg report [--outputs DIR] ...                    (python -m rnnreg.report)
 rnnreg rescore <run dir> [--grid] [key=value ...]    (python -m rnnreg.rescore)
 rnnreg ledger record <run dir> | table               (python -m rnnreg.ledger)
+rnnreg tune [tune.key=value ...] [run overrides ...] (python -m rnnreg.tune)
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import sys
 
 from rnnreg import error_exit
 
-COMMANDS = ("train", "report", "rescore", "ledger")
+COMMANDS = ("train", "report", "rescore", "ledger", "tune")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,6 +31,11 @@ def main(argv: list[str] | None = None) -> int:
         sys.argv = [f"{sys.argv[0]} train", *rest]
         cli()
         return 0
+    if command == "tune":  # a Hydra app as well
+        from rnnreg.cli.tune import main as tune
+
+        sys.argv = [f"{sys.argv[0]} tune", *rest]
+        return tune()
     if command == "report":
         from rnnreg.reporting.report import main as entry
     elif command == "rescore":

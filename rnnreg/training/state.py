@@ -26,6 +26,7 @@ class Outcome(str, Enum):
     max_steps = "max_steps"  # trainer.max_steps reached
     stopped = "stopped"  # a signal (SIGINT, SIGTERM, SLURM's preemption)
     diverged = "diverged"  # a non-finite loss
+    pruned = "pruned"  # the epoch hook asked to stop (a tuning trial judged hopeless)
 
 
 @dataclass

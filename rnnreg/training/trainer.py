@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,15 @@ from rnnreg.training.summary import run_summary
 log = logging.getLogger(__name__)
 
 
+def log_divergence(epoch: int, step: int, checkpoint: Path) -> None:
+    log.error(
+        "training diverged at epoch %d, step %d (a non-finite loss or gradient; that step "
+        "and the ones after it changed no weight); the last good checkpoint is %s; try a "
+        "smaller optim.lr or optim.clip_grad_norm",
+        *(epoch, step, checkpoint),
+    )
+
+
 class Trainer:
     """Trains one run in ``run_dir``; :meth:`fit` returns the summary it writes."""
 
@@ -51,9 +61,12 @@ class Trainer:
         corpus: Corpus | None = None,
         labels: dict[str, Any] | None = None,
         launch: LaunchRecord | None = None,
+        epoch_hook: Callable[[int, float], bool] | None = None,
     ) -> None:
+        """``epoch_hook(epoch, val_ppl)`` is called after each validation; True ends the
+        run as ``pruned`` (rnnreg/tuning/study.py reports to Optuna through it)."""
         self.run, self.run_dir, self.labels = run, run_dir, dict(labels or {})
-        self.launch = launch
+        self.launch, self.epoch_hook = launch, epoch_hook
         self.ckpt_dir = run_dir / "checkpoints"
         self.device = select_device(run.trainer.device)
         if run.trainer.threads:
@@ -80,6 +93,9 @@ class Trainer:
     model = property(lambda self: self.parts.model)
     optimizer = property(lambda self: self.parts.optimizer)
     averaging = property(lambda self: self.parts.averaging)
+    _lr = property(lambda self: self.optimizer.param_groups[0]["lr"])
+    #: BPTT windows in an epoch of fixed-length windows (the progress bar's total).
+    windows_per_epoch = property(lambda self: num_windows(self.train_data, self.run.trainer.bptt))
 
     def _elapsed(self) -> float:
         return self.progress.elapsed_s + time.monotonic() - self.start_time
@@ -94,14 +110,6 @@ class Trainer:
     def restore(self) -> None:
         config = as_plain_dict(self.run)
         self.state = restore_last(self.run_dir, config, self.parts, self.progress, self.device)
-
-    @property
-    def windows_per_epoch(self) -> int:
-        """BPTT windows in an epoch of fixed-length windows (the progress bar's total)."""
-        return num_windows(self.train_data, self.run.trainer.bptt)
-
-    def _lr(self) -> float:
-        return self.optimizer.param_groups[0]["lr"]
 
     def _train_step(self, inputs: torch.Tensor, targets: torch.Tensor) -> None:
         """One step on the window (rnnreg/training/step.py), no read from the device."""
@@ -118,12 +126,7 @@ class Trainer:
         if bad_step is None:
             return True
         self.diverged_at = bad_step
-        log.error(
-            "training diverged at epoch %d, step %d (a non-finite loss or gradient; that "
-            "step and the ones after it changed no weight); the last good checkpoint is %s; "
-            "try a smaller optim.lr or optim.clip_grad_norm",
-            *(self.progress.epochs_done + 1, bad_step, self.ckpt_dir / LAST),
-        )
+        log_divergence(self.progress.epochs_done + 1, bad_step, self.ckpt_dir / LAST)
         return False
 
     def _next_length(self) -> int:
@@ -178,12 +181,12 @@ class Trainer:
     def _log_interval(self, bar: Any, last_row: int) -> None:
         """The interval's scalars and log line (or the progress bar's figure)."""
         p, meter = self.progress, self.meter
-        scalars = meter.scalars(self._lr())
+        scalars = meter.scalars(self._lr)
         if self.run.variant.ar_alpha or self.run.variant.tar_beta:
             scalars.update(self.step.penalties(meter.steps))
         if bar is not None:
             bar.set_postfix(ppl=f"{p.epoch_ppl:.1f}")
-        line = (p.epochs_done + 1, p.position, last_row, self._lr())
+        line = (p.epochs_done + 1, p.position, last_row, self._lr)
         self.recorder.interval(p.step, meter, scalars, line if bar is None else None)
         self.interval_start = time.monotonic()  # the records' I/O is not training time
 
@@ -194,7 +197,7 @@ class Trainer:
         evaluated = self.averaging.eval_model(self.model)
         val = evaluate(evaluated, self.valid_data, self.run.eval.bptt)
         pause_point("validation")  # validated, nothing of the epoch's end recorded yet
-        rate, lr = p.epoch_tokens / max(p.epoch_seconds, 1e-9), self._lr()
+        rate, lr = p.epoch_tokens / max(p.epoch_seconds, 1e-9), self._lr
         finetune = self.run.trainer.stage is Stage.finetune
         nt_asgd = self.run.optim.averaging is Averaging.nonmonotone
         rules = (val.loss, epoch, self.model, finetune, nt_asgd)
@@ -260,6 +263,8 @@ class Trainer:
             if outcome in (Outcome.stopped, Outcome.diverged):
                 break
             self._end_epoch()
+            if self.epoch_hook is not None and self.epoch_hook(p.epochs_done, p.last_val_ppl):
+                return Outcome.pruned
             if p.finished:
                 log.info("fine-tuning stopped improving after epoch %d", p.epochs_done)
             if outcome is Outcome.max_steps:
@@ -276,8 +281,8 @@ class Trainer:
             summary = self.recorder.summary(self._summary("interrupted"))
             self.stop.forward()
             return summary
-        if outcome is Outcome.diverged:
-            return self.recorder.summary(self._summary("diverged"))
+        if outcome in (Outcome.diverged, Outcome.pruned):
+            return self.recorder.summary(self._summary(outcome.value))
         final = self.averaging.eval_model(self.model).state_dict()
         splits = (self.valid_data, self.test_data, self.corpus)
         results = evaluate_run(

@@ -1,0 +1,101 @@
+"""The tuning entry point: ``python -m rnnreg.tune [tune.key=value ...] [run overrides ...]``.
+
+    python -m rnnreg.tune                                   # conf/tune/default.yaml
+    python -m rnnreg.tune 'tune.variants=[zaremba,gal]' tune.trials=16 tune.budget=2 \\
+        model=small tune.workers=2
+
+A Hydra app over ``conf/tune.yaml`` (schema: rnnreg/config/tune.py); every argument that
+is not ``tune…`` or ``hydra…`` is an override of each trial's run config and joins
+``tune.run``. Studies live in ``tune.dir`` (journal file by default; ``optuna-dashboard
+<dir>/journal.log`` shows them), each trial's run in ``<dir>/<variant>/trial_NNNN``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing
+import sys
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from rnnreg import RnnregError, error_exit
+from rnnreg.config.schema import CONF_DIR, register
+from rnnreg.config.tune import TuneConfig, register_tune
+
+log = logging.getLogger("rnnreg")
+
+register()
+register_tune()
+
+
+def split_argv(argv: list[str]) -> list[str]:
+    """Hydra's arguments, with the run overrides folded into ``tune.run=[...]``."""
+    ours = [a for a in argv if a.startswith(("tune", "hydra", "-", "+tune", "~tune"))]
+    run = [a for a in argv if a not in ours]
+    if run:
+        quoted = ",".join(f"'{a}'" for a in run)
+        ours.append(f"tune.run=[{quoted}]")
+    return ours
+
+
+def tune_config(cfg: DictConfig) -> TuneConfig:
+    try:
+        t = OmegaConf.to_object(cfg.tune)
+    except OmegaConfBaseException as exc:
+        raise RnnregError(f"invalid tune setting: {str(exc).splitlines()[0]}") from None
+    assert isinstance(t, TuneConfig)
+    return t
+
+
+def _worker(t: Any, index: int) -> None:
+    from rnnreg.tuning.study import work
+
+    work(t, index)
+
+
+def run(t: TuneConfig) -> dict[str, Any]:
+    """Every study of the comparison, with ``tune.workers`` processes."""
+    from rnnreg.tuning.space import load_space
+    from rnnreg.tuning.study import open_storage, run_config, work
+
+    for variant in t.variants:  # bad input fails here, before any worker starts
+        load_space(variant)
+        run_config(t, variant, {}, t.budget, [])
+    open_storage(t, Path(t.dir))
+    if t.workers == 1:
+        return work(t, 0)
+    context = multiprocessing.get_context("spawn")
+    workers = [context.Process(target=_worker, args=(t, i)) for i in range(1, t.workers)]
+    for process in workers:
+        process.start()
+    try:
+        return work(t, 0)
+    finally:
+        for process in workers:
+            process.join()
+
+
+@hydra.main(config_path=str(CONF_DIR), config_name="tune", version_base="1.3")
+def app(cfg: DictConfig) -> float:
+    try:
+        record = run(tune_config(cfg))
+    except RnnregError as exc:  # one line, not Hydra's report of an exception
+        raise SystemExit(error_exit(exc)) from None
+    print(json.dumps(record, indent=2))
+    best = [r["best_value"] for r in record.values() if r.get("best_value") is not None]
+    return min(best) if best else float("inf")
+
+
+def main() -> int:
+    sys.argv = [sys.argv[0], *split_argv(sys.argv[1:])]
+    app()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,187 @@
+"""python -m rnnreg.tune: search spaces, pruning, and workers sharing one study."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from rnnreg import RnnregError
+from rnnreg.config.tune import Pruner, TuneConfig
+from rnnreg.tuning.space import load_space
+from rnnreg.tuning.study import run_status, make_pruner, open_storage, open_study
+
+TINY = [
+    "model.embedding_size=16",
+    "model.hidden_size=16",
+    "model.compile=false",
+    "trainer.batch_size=4",
+    "trainer.bptt=8",
+    "eval.batch_size=4",
+    "eval.test_batch_size=4",
+    "trainer.device=cpu",
+]
+
+
+def test_every_variant_space_loads_and_bad_spaces_get_one_line(tmp_path: Path) -> None:
+    for variant in ("zaremba", "gal", "moon", "semeniuta", "zoneout", "none"):
+        assert load_space(variant)
+    (tmp_path / "typo.yaml").write_text("variant.p_inptu: {low: 0.0, high: 0.5}\n")
+    with pytest.raises(RnnregError, match="unknown key 'variant.p_inptu'"):
+        load_space("typo", tmp_path)
+    (tmp_path / "rate.yaml").write_text("variant.p_input: {low: 0.2, high: 1.0}\n")
+    with pytest.raises(RnnregError, match=r"drop rate range inside \[0, 1\)"):
+        load_space("rate", tmp_path)
+    with pytest.raises(RnnregError, match="no search space for 'nope'"):
+        load_space("nope", tmp_path)
+
+
+@pytest.mark.parametrize("pruner", [Pruner.median, Pruner.asha])
+def test_a_trial_worse_at_min_resource_is_pruned_and_a_better_one_is_not(
+    tmp_path: Path, pruner: Pruner
+) -> None:
+    """Fake curves: six trials at 100 − epoch; one at 300 is pruned at epoch 2 (min_resource),
+    never at epoch 1; one at 50 runs to the end."""
+    t = TuneConfig(
+        name="fake",
+        trials=8,
+        budget=4,
+        pruner=pruner,
+        min_resource=2,
+        reduction_factor=2,
+        dir=str(tmp_path),
+    )
+    study = open_study(t, "none", open_storage(t, tmp_path))
+
+    def curve(level: float):
+        def objective(trial: optuna.Trial) -> float:
+            for epoch in range(1, t.budget + 1):
+                trial.report(level - epoch, epoch)
+                if trial.should_prune():
+                    trial.set_user_attr("pruned_at", epoch)
+                    raise optuna.TrialPruned
+            return level - t.budget
+
+        return objective
+
+    for _ in range(6):
+        study.optimize(curve(100.0), n_trials=1)
+    study.optimize(curve(300.0), n_trials=1)
+    study.optimize(curve(50.0), n_trials=1)
+    worse, better = study.trials[-2], study.trials[-1]
+    assert worse.state is TrialState.PRUNED and worse.user_attrs["pruned_at"] == 2
+    assert better.state is TrialState.COMPLETE
+
+
+def test_pruning_off_prunes_nothing(tmp_path: Path) -> None:
+    t = TuneConfig(name="off", pruner=Pruner.none, budget=3, dir=str(tmp_path))
+    assert isinstance(make_pruner(t), optuna.pruners.NopPruner)
+
+
+def test_bad_tune_settings_get_one_line() -> None:
+    with pytest.raises(RnnregError, match="tune.min_resource=5 exceeds tune.budget=2"):
+        TuneConfig(min_resource=5, budget=2)
+    with pytest.raises(RnnregError, match="tune.workers=0 must be at least 1"):
+        TuneConfig(workers=0)
+
+
+def tune(tmp_path: Path, tiny_data: Path, *args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, RNNREG_DATA_DIR=str(tiny_data), RNNREG_CACHE_DIR=str(tmp_path / "c"))
+    env["RNNREG_OUTPUTS"] = str(tmp_path / "out")
+    command = [sys.executable, "-m", "rnnreg.tune", *args, *TINY]
+    return subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True)
+
+
+@pytest.mark.slow
+def test_two_workers_share_the_journal_and_run_exactly_the_trials(
+    tmp_path: Path, tiny_data: Path
+) -> None:
+    args = [
+        "tune.name=two",
+        "tune.variants=[zaremba]",
+        "tune.trials=5",
+        "tune.budget=2",
+        "tune.pruner=median",
+        "tune.workers=2",
+        "tune.startup_trials=2",
+        "tune.retrain_seeds=2",
+        "tune.retrain_epochs=1",
+        "trainer.max_steps=40",
+    ]
+    result = tune(tmp_path, tiny_data, *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    root = tmp_path / "out" / "tune" / "two"
+    t = TuneConfig(name="two", dir=str(root))
+    study = open_study(t, "zaremba", open_storage(t, root))
+    counted = [tr for tr in study.trials if tr.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert len(counted) == 5  # exact, whatever the two workers raced for
+    dirs = {tr.number for tr in counted}
+    assert len(dirs) == 5 and all(
+        (root / "zaremba" / f"trial_{n:04d}" / "summary.json").is_file() for n in dirs
+    )
+    record = json.loads((root / "study.json").read_text())["zaremba"]
+    assert record["counted"] == 5 and record["budget_epochs"] == 2 and record["trials"] == 5
+    for seed in (1, 2):  # the best configuration, retrained by one worker or the other
+        summary = json.loads(
+            (root / "zaremba" / "retrain" / f"seed{seed}" / "summary.json").read_text()
+        )
+        assert summary["status"] == "completed" and summary["seed"] == seed
+        for key, value in record["best_params"].items():
+            section, name = key.split(".")
+            assert summary["config"][section][name] == pytest.approx(value)
+    again = tune(tmp_path, tiny_data, *args)  # the same command: the study is complete
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert len(open_study(t, "zaremba", open_storage(t, root)).trials) == len(study.trials)
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_trial_is_retried_never_counted(
+    tmp_path: Path, tiny_data: Path
+) -> None:
+    import signal
+    import time
+
+    args = [
+        "tune.name=kill",
+        "tune.variants=[zaremba]",
+        "tune.trials=2",
+        "tune.budget=2",
+        "tune.pruner=none",
+        "tune.retrain_seeds=0",
+        "trainer.checkpoint_every_s=0.5",
+    ]
+    env = dict(os.environ, RNNREG_DATA_DIR=str(tiny_data), RNNREG_CACHE_DIR=str(tmp_path / "c"))
+    env["RNNREG_OUTPUTS"] = str(tmp_path / "out")
+    command = [sys.executable, "-m", "rnnreg.tune", *args, *TINY]
+    worker = subprocess.Popen(
+        command,
+        cwd=tmp_path,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    first = tmp_path / "out" / "tune" / "kill" / "zaremba" / "trial_0000"
+    deadline = time.monotonic() + 120
+    while not (first / "checkpoints" / "last.pt").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(worker.pid, signal.SIGKILL)
+    worker.wait()
+    assert run_status(first) == "running"  # killed inside its first trial
+    result = tune(tmp_path, tiny_data, *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    root = tmp_path / "out" / "tune" / "kill"
+    t = TuneConfig(name="kill", dir=str(root))
+    trials = open_study(t, "zaremba", open_storage(t, root)).trials
+    assert trials[0].state is TrialState.FAIL  # the killed one: never complete
+    retried = [tr for tr in trials if tr.user_attrs.get("retry_of") == 0]
+    assert len(retried) == 1 and retried[0].state is TrialState.COMPLETE
+    assert retried[0].params == trials[0].params
+    assert sum(tr.state is TrialState.COMPLETE for tr in trials) == 2
+    assert run_status(first) == "completed"  # the retry finished the killed trial's run
