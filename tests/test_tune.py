@@ -15,7 +15,7 @@ from optuna.trial import TrialState
 from rnnreg import RnnregError
 from rnnreg.config.tune import Pruner, TuneConfig
 from rnnreg.tuning.space import load_space
-from rnnreg.tuning.study import run_status, make_pruner, open_storage, open_study
+from rnnreg.tuning.study import make_pruner, open_storage, open_study, run_status
 
 TINY = [
     "model.embedding_size=16",
