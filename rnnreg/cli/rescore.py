@@ -80,6 +80,7 @@ def _timed(fn: Any, *args: Any, **kwargs: Any) -> tuple[Any, float]:
 
 
 def rescore(run_dir: Path, overrides: list[str], grid: bool) -> dict[str, Any]:
+    """Every evaluation asked for, of the run's tested weights, recorded in ``run_dir``."""
     run, weights = load_run(run_dir, overrides)
     if run.trainer.threads:
         torch.set_num_threads(run.trainer.threads)
@@ -90,7 +91,7 @@ def rescore(run_dir: Path, overrides: list[str], grid: bool) -> dict[str, Any]:
     model.load_state_dict(weights)
     model.eval()
     streams = {"val": batchify(corpus.valid, 1), "test": batchify(corpus.test, 1)}
-    e, c, d = run.eval, run.eval.cache, run.eval.dynamic
+    e = run.eval
     out: dict[str, Any] = {"rescored_weights": e.test_weights.value, "eval_tokens_per_s": {}}
     tokens = {split: stream.size(0) - 1 for split, stream in streams.items()}
     seconds = 0.0
@@ -101,80 +102,104 @@ def rescore(run_dir: Path, overrides: list[str], grid: bool) -> dict[str, Any]:
     out["eval_tokens_per_s"]["standard"] = sum(tokens.values()) / seconds
     if e.uncertainty:
         out = merge_results(out, uncertainty(model, corpus, e))
-    if c.enabled or grid:
-        thetas = sorted(set(c.theta_grid) | {c.theta}) if grid else [c.theta]
-        val, took = _timed(
-            cache_scores,
-            model,
-            streams["val"],
-            e.bptt,
-            c.window,
-            thetas,
-            c.similarity.value,
-            c.full_window,
-        )
-        theta, lam = c.theta, c.interpolation
-        if grid:
-            pairs = itertools.product(thetas, sorted(set(c.interpolation_grid) | {lam}))
-            theta, lam = min(pairs, key=lambda tl: val.evaluation(*tl).perplexity)
-        test, took_test = _timed(
-            cache_scores,
-            model,
-            streams["test"],
-            e.bptt,
-            c.window,
-            [theta],
-            c.similarity.value,
-            c.full_window,
-        )
-        out["val_ppl_cache"] = val.evaluation(theta, lam).perplexity
-        out["test_ppl_cache"] = test.evaluation(theta, lam).perplexity
-        out["cache"] = {
-            "window": c.window,
-            "theta": theta,
-            "interpolation": lam,
-            "similarity": c.similarity.value,
-            "chosen_on_validation": grid,
-        }
-        out["eval_tokens_per_s"]["cache"] = tokens["test"] / took_test
-    if d.enabled or grid:
-        ms, stats_s = _timed(
-            gradient_statistics,
-            model,
-            corpus.train,
-            d.segment,
-            d.stats_batch_size,
-            d.stats_max_batches,
-        )
-        lr, decay = d.lr, d.decay
-        if grid:
-            head = streams["val"][: d.grid_tokens + 1]
-            pairs = itertools.product(
-                sorted(set(d.lr_grid) | {lr}), sorted(set(d.decay_grid) | {decay})
-            )
-            lr, decay = min(
-                pairs,
-                key=lambda ld: (
-                    evaluate_dynamic(model, head, ms, ld[0], ld[1], d.epsilon, d.segment).perplexity
-                ),
-            )
-        for split, stream in streams.items():
-            dynamic, took = _timed(
-                evaluate_dynamic, model, stream, ms, lr, decay, d.epsilon, d.segment
-            )
-            out[f"{split}_ppl_dynamic"] = dynamic.perplexity
-        out["dynamic"] = {
-            "lr": lr,
-            "decay": decay,
-            "epsilon": d.epsilon,
-            "segment": d.segment,
-            "stats_batch_size": d.stats_batch_size,
-            "stats_max_batches": d.stats_max_batches,
-            "stats_seconds": stats_s,
-            "chosen_on_validation": grid,
-        }
-        out["eval_tokens_per_s"]["dynamic"] = tokens["test"] / took
+    if e.cache.enabled or grid:
+        out |= rescore_cache(model, streams, e, grid)
+        out["eval_tokens_per_s"]["cache"] = out.pop("cache_tokens_per_s")
+    if e.dynamic.enabled or grid:
+        out |= rescore_dynamic(model, streams, corpus, e, grid)
+        out["eval_tokens_per_s"]["dynamic"] = out.pop("dynamic_tokens_per_s")
     record(run_dir, out)
+    return out
+
+
+def rescore_cache(
+    model: LanguageModel, streams: dict[str, torch.Tensor], e: EvalConfig, grid: bool
+) -> dict[str, Any]:
+    """The cache pointer on the batch-1 streams, θ and λ chosen on validation with ``grid``."""
+    c, out = e.cache, {}
+    tokens = {split: stream.size(0) - 1 for split, stream in streams.items()}
+    thetas = sorted(set(c.theta_grid) | {c.theta}) if grid else [c.theta]
+    val, took = _timed(
+        cache_scores,
+        model,
+        streams["val"],
+        e.bptt,
+        c.window,
+        thetas,
+        c.similarity.value,
+        c.full_window,
+    )
+    theta, lam = c.theta, c.interpolation
+    if grid:
+        pairs = itertools.product(thetas, sorted(set(c.interpolation_grid) | {lam}))
+        theta, lam = min(pairs, key=lambda tl: val.evaluation(*tl).perplexity)
+    test, took_test = _timed(
+        cache_scores,
+        model,
+        streams["test"],
+        e.bptt,
+        c.window,
+        [theta],
+        c.similarity.value,
+        c.full_window,
+    )
+    out["val_ppl_cache"] = val.evaluation(theta, lam).perplexity
+    out["test_ppl_cache"] = test.evaluation(theta, lam).perplexity
+    out["cache"] = {
+        "window": c.window,
+        "theta": theta,
+        "interpolation": lam,
+        "similarity": c.similarity.value,
+        "chosen_on_validation": grid,
+    }
+    out["cache_tokens_per_s"] = tokens["test"] / took_test
+    return out
+
+
+def rescore_dynamic(
+    model: LanguageModel,
+    streams: dict[str, torch.Tensor],
+    corpus: Corpus,
+    e: EvalConfig,
+    grid: bool,
+) -> dict[str, Any]:
+    """Dynamic evaluation of the batch-1 streams, η and λ chosen on validation with ``grid``."""
+    d, out = e.dynamic, {}
+    tokens = {split: stream.size(0) - 1 for split, stream in streams.items()}
+    ms, stats_s = _timed(
+        gradient_statistics,
+        model,
+        corpus.train,
+        d.segment,
+        d.stats_batch_size,
+        d.stats_max_batches,
+    )
+    lr, decay = d.lr, d.decay
+    if grid:
+        head = streams["val"][: d.grid_tokens + 1]
+        pairs = itertools.product(
+            sorted(set(d.lr_grid) | {lr}), sorted(set(d.decay_grid) | {decay})
+        )
+        lr, decay = min(
+            pairs,
+            key=lambda ld: (
+                evaluate_dynamic(model, head, ms, ld[0], ld[1], d.epsilon, d.segment).perplexity
+            ),
+        )
+    for split, stream in streams.items():
+        dynamic, took = _timed(evaluate_dynamic, model, stream, ms, lr, decay, d.epsilon, d.segment)
+        out[f"{split}_ppl_dynamic"] = dynamic.perplexity
+    out["dynamic"] = {
+        "lr": lr,
+        "decay": decay,
+        "epsilon": d.epsilon,
+        "segment": d.segment,
+        "stats_batch_size": d.stats_batch_size,
+        "stats_max_batches": d.stats_max_batches,
+        "stats_seconds": stats_s,
+        "chosen_on_validation": grid,
+    }
+    out["dynamic_tokens_per_s"] = tokens["test"] / took
     return out
 
 
