@@ -135,6 +135,14 @@ def test_two_workers_share_the_journal_and_run_exactly_the_trials(
         for key, value in record["best_params"].items():
             section, name = key.split(".")
             assert summary["config"][section][name] == pytest.approx(value)
+    from rnnreg.reporting.report import build_report
+
+    markdown = build_report(root).read_text()
+    section = markdown.split("## Tuned at an equal budget: `two`")[1]
+    assert "| zaremba | 5 of 5 (" in section and "| 2 epochs, median |" in section
+    assert "| 2 of 2 |" in section  # both retrained seeds in the comparison
+    assert "trial_0" not in markdown.split("## Tuned")[0]  # trials are not rows
+    assert (root / "report" / "figures" / "tuning_two.png").is_file()
     again = tune(tmp_path, tiny_data, *args)  # the same command: the study is complete
     assert again.returncode == 0, again.stderr[-3000:]
     assert len(open_study(t, "zaremba", open_storage(t, root)).trials) == len(study.trials)

@@ -203,7 +203,7 @@ def find_runs(outputs: Path) -> list[Run]:
     """Every directory under ``outputs`` holding a readable summary.json."""
     runs = []
     for root, _dirs, files in os.walk(outputs, followlinks=True):  # outputs/ledger links
-        if "summary.json" not in files or Path(root).name == "report":
+        if "summary.json" not in files or Path(root).name == "report" or is_trial(Path(root)):
             continue
         path = Path(root)
         try:
@@ -214,6 +214,15 @@ def find_runs(outputs: Path) -> list[Run]:
             continue
         runs.append(Run(path, summary))
     return sorted(runs, key=lambda run: str(run.path))
+
+
+def is_trial(run_dir: Path) -> bool:
+    """A tuning trial (``<tune.dir>/<variant>/trial_NNNN``): reported with its study
+    (rnnreg/reporting/tuning.py), never as a configuration of its own."""
+    study = run_dir.parent.parent
+    return run_dir.name.startswith("trial_") and (
+        (study / "study.json").exists() or (study / "journal.log").exists()
+    )
 
 
 def group_runs(runs: list[Run]) -> list[Group]:

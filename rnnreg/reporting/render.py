@@ -74,6 +74,7 @@ def write_markdown(
     figures: list[Path],
     path: Path,
     comparisons: dict[Setting, list[Comparison]] | None = None,
+    sections: list[str] | None = None,
 ) -> None:
     lines = [
         "# Perplexity report",
@@ -141,6 +142,7 @@ def write_markdown(
                 f"{s.get('epochs')} / {s.get('epochs_planned', '?')} | {s.get('steps', '')} | "
                 f"{_fmt(s.get('best_val_ppl'))} | `{run.path}` |"
             )
+    lines += sections or []
     if figures:
         lines += ["", "## Figures", ""]
         lines += [f"![{figure.stem}](figures/{figure.name})" for figure in figures]

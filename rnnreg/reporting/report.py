@@ -28,6 +28,7 @@ from rnnreg.reporting.data import (
     summarise,
 )
 from rnnreg.reporting.render import plot_figures, write_csv, write_markdown
+from rnnreg.reporting.tuning import tuning_section
 
 __all__ = ["Run", "build_report", "load_published", "main", "published_for"]
 
@@ -53,9 +54,10 @@ def build_report(outputs: Path, out_dir: Path | None = None, reference: str = "n
     comparisons = compare_groups(groups, rows, reference)
     others = [run for run in runs if run.status != "completed"]
     figures = plot_figures(groups, rows, out_dir / "figures") if groups else []
+    tuning, tuning_figures = tuning_section(outputs, out_dir / "figures", reference)
     write_csv(rows, out_dir / "report.csv")
     markdown = out_dir / "report.md"
-    write_markdown(rows, others, figures, markdown, comparisons)
+    write_markdown(rows, others, figures + tuning_figures, markdown, comparisons, tuning)
     return markdown
 
 

@@ -245,9 +245,20 @@ def study_record(t: TuneConfig, study: optuna.Study, retrained: list[Path]) -> d
         "best_value": best.value if best else None,
         "best_params": best.params if best else None,
         "best_trial": best.number if best else None,
+        "importances": importances(study) if len(complete) >= 2 else None,
         "retrain_seeds": t.retrain_seeds,
         "retrain_dirs": [str(d) for d in retrained],
     }
+
+
+def importances(study: optuna.Study) -> dict[str, float] | None:
+    """Optuna's fANOVA importances of the complete trials; None where they cannot be had
+    (every trial at the same values)."""
+    try:
+        found = optuna.importance.get_param_importances(study)
+    except (RuntimeError, ValueError):
+        return None
+    return {key: float(value) for key, value in found.items()}
 
 
 def work(t: TuneConfig, worker: int = 0) -> dict[str, Any]:

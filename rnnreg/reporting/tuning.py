@@ -1,0 +1,141 @@
+"""The equal-budget comparison in the report: every ``study.json`` that
+``python -m rnnreg.tune`` wrote under the outputs, read with the trials' and the retrained
+runs' summary.json files (files only; rnnreg/tuning/study.py writes them).
+
+For each comparison: per variant the trials counted at their budget, the tuned values,
+and the retrained seeds' test perplexity (mean, 95% interval, Welch + Holm against the
+reference variant); a figure of each trial's validation perplexity against its number.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import statistics
+from pathlib import Path
+from typing import Any
+
+from rnnreg.reporting.significance import compare_to_reference, mean_interval
+
+log = logging.getLogger(__name__)
+
+
+def find_studies(outputs: Path) -> list[tuple[Path, dict[str, Any]]]:
+    found = []
+    for path in sorted(outputs.rglob("study.json")):
+        try:
+            found.append((path.parent, json.loads(path.read_text())))
+        except (OSError, json.JSONDecodeError) as exc:
+            log.warning("skipped %s: unreadable (%s)", path, type(exc).__name__)
+    return found
+
+
+def _summary(run_dir: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((run_dir / "summary.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def trial_curve(root: Path, variant: str) -> list[tuple[int, float, str]]:
+    """(trial number, best validation perplexity so far, status) of each trial's run."""
+    points = []
+    for run_dir in sorted((root / variant).glob("trial_*")):
+        s = _summary(run_dir)
+        if s and s.get("best_val_ppl") is not None:
+            points.append((int(run_dir.name.split("_")[1]), float(s["best_val_ppl"]), s["status"]))
+    return points
+
+
+def retrained_tests(record: dict[str, Any]) -> list[float]:
+    tests = []
+    for run_dir in record.get("retrain_dirs", []):
+        s = _summary(Path(run_dir))
+        if s and s.get("status") == "completed" and s.get("test_ppl") is not None:
+            tests.append(float(s["test_ppl"]))
+    return tests
+
+
+def _tuned(params: dict[str, Any] | None) -> str:
+    if not params:
+        return ""
+    return ", ".join(
+        f"{key.split('.')[-1]}={value:.3g}" if isinstance(value, float) else f"{key}={value}"
+        for key, value in sorted(params.items())
+    )
+
+
+def tuning_section(outputs: Path, out: Path, reference: str) -> tuple[list[str], list[Path]]:
+    """The report's lines for every comparison found, and its figures."""
+    lines: list[str] = []
+    figures: list[Path] = []
+    for root, study in find_studies(outputs):
+        tests = {variant: retrained_tests(record) for variant, record in study.items()}
+        ref = reference if reference in tests else next(iter(tests))
+        comparisons = {c.variant: c for c in compare_to_reference(tests, ref)}
+        lines += [
+            "",
+            f"## Tuned at an equal budget: `{root.name}` (reference `{ref}`)",
+            "",
+            "| variant | trials (complete / pruned) | budget | tuned values (best val ppl) "
+            "| retrained seeds | test ppl | test 95% CI | vs ref (p Holm) |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for variant, record in study.items():
+            states = record.get("states", {})
+            values = tests[variant]
+            interval = mean_interval(values)
+            c = comparisons.get(variant)
+            versus = (
+                ""
+                if c is None
+                else f"{c.difference:+.2f}"
+                + (f" (p = {c.p_holm:.3g})" if c.p_holm is not None else "")
+            )
+            best = record.get("best_value")
+            lines.append(
+                f"| {variant} | {record['counted']} of {record['trials']} "
+                f"({states.get('complete', 0)} / {states.get('pruned', 0)}) "
+                f"| {record['budget_epochs']} epochs, {record['pruner']} "
+                f"| {_tuned(record.get('best_params'))}"
+                f"{f' ({best:.2f})' if best is not None else ''} "
+                f"| {len(values)} of {record['retrain_seeds']} "
+                f"| {f'{statistics.fmean(values):.2f}' if values else ''} "
+                f"| {f'{interval.low:.2f} – {interval.high:.2f}' if interval else '–'} "
+                f"| {versus} |"
+            )
+        for variant, record in study.items():
+            if record.get("importances"):
+                ranked = ", ".join(f"{k} {v:.2f}" for k, v in record["importances"].items())
+                lines.append(f"\n{variant}: parameter importances (fANOVA): {ranked}")
+        figures.append(plot_trials(root, study, out / f"tuning_{root.name}.png"))
+    return lines, figures
+
+
+def plot_trials(root: Path, study: dict[str, Any], path: Path) -> Path:
+    """Each trial's best validation perplexity against its number, per variant (pruned
+    trials hollow)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for variant in study:
+        points = trial_curve(root, variant)
+        done = [(n, v) for n, v, status in points if status == "completed"]
+        cut = [(n, v) for n, v, status in points if status != "completed"]
+        line = ax.plot(*zip(*done, strict=True), "o", label=variant)[0] if done else None
+        if cut:
+            color = line.get_color() if line is not None else None
+            ax.plot(
+                *zip(*cut, strict=True), "o", mfc="none", color=color, label=f"{variant} (pruned)"
+            )
+    ax.set(xlabel="trial", ylabel="best validation perplexity", yscale="log")
+    ax.set(title=f"{root.name}: trials (hollow: pruned)")
+    ax.legend(fontsize=8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
