@@ -30,7 +30,7 @@ LEDGER_DIR ?= outputs/ledger
 LEDGER_THREADS ?= 2
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-fast lint format run data bench sweep sweep-paper ledger-runs report rescore results record clean gpu-pack gpu-check
+.PHONY: help setup test test-fast lint format run data bench sweep sweep-paper ledger-runs report rescore results record clean gpu-pack gpu-check tune postgres-server
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -57,10 +57,15 @@ format: $(STAMP) ## ruff format + autofix
 NUMERIC_TESTS := tests/test_lstm.py tests/test_recurrence.py tests/test_model.py \
 	tests/test_mc.py tests/test_variants.py tests/test_masks.py
 
-test: $(STAMP) ## set up, then ruff, the whole suite (1 thread) and the numerical tests with 2
+test: $(STAMP) postgres-server ## set up, then ruff, the whole suite (1 thread) and the numerical tests with 2
 	$(VENV)/bin/ruff check rnnreg tests scripts
 	RNNREG_TEST_THREADS=1 $(PY) -m pytest -q
 	RNNREG_TEST_THREADS=2 $(PY) -m pytest -q $(NUMERIC_TESTS)
+
+postgres-server: ## make sure a PostgreSQL server is installed (the tuning test starts its own): Debian's postgresql
+	@command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
+		{ echo "installing Debian's postgresql for tests/test_tune.py"; \
+		  (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql) >/dev/null; }
 
 test-fast: $(STAMP) ## the suite without the subprocess (kill, CLI, sweep) tests, for the edit-run loop
 	$(VENV)/bin/ruff check rnnreg tests scripts

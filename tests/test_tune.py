@@ -193,3 +193,116 @@ def test_a_worker_killed_mid_trial_is_retried_never_counted(
     assert retried[0].params == trials[0].params
     assert sum(tr.state is TrialState.COMPLETE for tr in trials) == 2
     assert run_status(first) == "completed"  # the retry finished the killed trial's run
+
+
+def postgres_bin() -> Path | None:
+    """The server's programs: on PATH, or Debian's /usr/lib/postgresql/<version>/bin."""
+    import shutil
+
+    found = shutil.which("initdb")
+    if found:
+        return Path(found).resolve().parent
+    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    return versions[-1].parent if versions else None
+
+
+@pytest.fixture
+def postgres_url():
+    """A real PostgreSQL server on a free local port, started and stopped here (as the
+    ``postgres`` user when run as root: the server refuses root)."""
+    import pwd
+    import shutil
+    import socket
+    import tempfile
+
+    bin_dir = postgres_bin()
+    if bin_dir is None:
+        pytest.fail("no PostgreSQL server found: make test installs Debian's postgresql")
+    folder = Path(tempfile.mkdtemp(prefix="rnnreg-pg-"))
+    as_user: list[str] = []
+    if os.geteuid() == 0:
+        user = pwd.getpwnam("postgres")
+        os.chown(folder, user.pw_uid, user.pw_gid)
+        as_user = ["runuser", "-u", "postgres", "--"]
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    data = folder / "data"
+    run = lambda *cmd: subprocess.run([*as_user, *cmd], check=True, capture_output=True)  # noqa: E731
+    run(str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", "rnnreg")
+    options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1"
+    run(
+        str(bin_dir / "pg_ctl"),
+        "-D",
+        str(data),
+        "-o",
+        options,
+        "-l",
+        str(folder / "log"),
+        "-w",
+        "start",
+    )
+    try:
+        run(str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "rnnreg", "tune")
+        yield f"postgresql://rnnreg@127.0.0.1:{port}/tune"
+    finally:
+        run(str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop")
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_two_workers_on_postgres_and_one_killed_mid_trial(
+    tmp_path: Path, tiny_data: Path, postgres_url: str
+) -> None:
+    """Two workers share a real PostgreSQL study: exactly the trials asked for. Then a
+    worker SIGKILLed inside a trial: the next run fails that trial and retries it."""
+    import signal
+    import time
+
+    args = [
+        "tune.name=pg",
+        "tune.variants=[zaremba]",
+        "tune.trials=4",
+        "tune.budget=2",
+        "tune.pruner=median",
+        "tune.workers=2",
+        "tune.startup_trials=2",
+        f"tune.storage={postgres_url}",
+        "trainer.max_steps=40",
+    ]
+    result = tune(tmp_path, tiny_data, *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    t = TuneConfig(name="pg", dir=str(tmp_path / "out" / "tune" / "pg"), storage=postgres_url)
+    study = open_study(t, "zaremba", open_storage(t, Path(t.dir)))
+    counted = [tr for tr in study.trials if tr.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert len(counted) == 4 and len({tr.number for tr in counted}) == 4
+
+    kill_args = [a.replace("tune.name=pg", "tune.name=pgkill") for a in args]
+    kill_args = [a for a in kill_args if not a.startswith(("tune.workers", "trainer.max_steps"))]
+    kill_args += ["tune.trials=2", "tune.pruner=none", "trainer.checkpoint_every_s=0.5"]
+    env = dict(os.environ, RNNREG_DATA_DIR=str(tiny_data), RNNREG_CACHE_DIR=str(tmp_path / "c"))
+    env["RNNREG_OUTPUTS"] = str(tmp_path / "out")
+    command = [sys.executable, "-m", "rnnreg.tune", *kill_args, *TINY]
+    worker = subprocess.Popen(
+        command,
+        cwd=tmp_path,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    first = tmp_path / "out" / "tune" / "pgkill" / "zaremba" / "trial_0000"
+    deadline = time.monotonic() + 120
+    while not (first / "checkpoints" / "last.pt").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(worker.pid, signal.SIGKILL)
+    worker.wait()
+    result = tune(tmp_path, tiny_data, *kill_args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    k = TuneConfig(
+        name="pgkill", dir=str(tmp_path / "out" / "tune" / "pgkill"), storage=postgres_url
+    )
+    trials = open_study(k, "zaremba", open_storage(k, Path(k.dir))).trials
+    assert trials[0].state is TrialState.FAIL
+    assert sum(tr.state is TrialState.COMPLETE for tr in trials) == 2
+    assert [tr.user_attrs.get("retry_of") for tr in trials].count(0) == 1

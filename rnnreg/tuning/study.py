@@ -70,7 +70,9 @@ def open_storage(t: TuneConfig, folder: Path) -> Any:
             t.storage,
             heartbeat_interval=60,
             grace_period=180,
-            heartbeat_stale_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=3),
+            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
+                max_retry=3
+            ),
         )
     except Exception as exc:  # sqlalchemy's errors, a missing driver: one line either way
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -150,44 +152,62 @@ def trial_dir(folder: Path, trial: Any) -> Path:
 
 def retry(study: optuna.Study, trial: Any, why: str) -> None:
     """Mark ``trial`` failed (``why``) and queue its values again, to resume its run dir."""
-    study.tell(trial.number, state=TrialState.FAIL)
+    if trial.state is TrialState.RUNNING:
+        study.tell(trial.number, state=TrialState.FAIL)
     origin = trial.user_attrs.get("retry_of", trial.number)
     study.enqueue_trial(trial.params, user_attrs={"retry_of": origin}, skip_if_exists=False)
     log.warning("trial %d %s: failed, queued again (resumes %s)", trial.number, why, origin)
 
 
+class Surplus(Exception):
+    """A trial beyond the study's ``tune.trials``: failed, and this worker stops."""
+
+
+class Interrupted(Exception):
+    """A trial stopped by a signal, checkpointed: failed, queued again, the worker stops."""
+
+
 def run_trial(
     study: optuna.Study, t: TuneConfig, variant: str, space: list[Param], folder: Path, threads: int
 ) -> bool:
-    """Ask for a trial and train it; False when the study needs no more (or was stopped)."""
+    """One trial, through ``Study.optimize`` (which keeps an RDB storage's heartbeat);
+    False when the study needs no more."""
     from rnnreg.training.trainer import Trainer
 
-    trial = study.ask()
-    if counted_or_running(study, below=trial.number) >= t.trials:
-        study.tell(trial, state=TrialState.FAIL)  # surplus: the study is full
-        return False
-    values = {param.key: param.suggest(trial) for param in space}
-    extra = [f"trainer.threads={threads}", "trainer.auto_resume=true"]
-    run = run_config(t, variant, values, t.budget, extra)
+    current: list[int] = []
 
-    def report(epoch: int, val_ppl: float) -> bool:
-        trial.report(val_ppl, epoch)
-        return trial.should_prune()
+    def objective(trial: optuna.Trial) -> float:
+        current.append(trial.number)
+        if counted_or_running(study, below=trial.number) >= t.trials:
+            raise Surplus
+        values = {param.key: param.suggest(trial) for param in space}
+        extra = [f"trainer.threads={threads}", "trainer.auto_resume=true"]
+        run = run_config(t, variant, values, t.budget, extra)
 
-    summary = Trainer(run, trial_dir(folder, trial), epoch_hook=report).fit()
-    status = summary["status"]
-    if status == "completed":
-        study.tell(trial, summary["best_val_ppl"])
-    elif status in ("pruned", "diverged"):
-        trial.set_user_attr("ended", status)
-        study.tell(trial, state=TrialState.PRUNED)
-    else:  # interrupted: checkpointed, to be resumed by the retry
-        retry(study, study.get_trials(deepcopy=False)[trial.number], status)
+        def report(epoch: int, val_ppl: float) -> bool:
+            trial.report(val_ppl, epoch)
+            return trial.should_prune()
+
+        summary = Trainer(run, trial_dir(folder, trial), epoch_hook=report).fit()
+        if summary["status"] in ("pruned", "diverged"):
+            trial.set_user_attr("ended", summary["status"])
+            raise optuna.TrialPruned
+        if summary["status"] != "completed":
+            raise Interrupted(summary["status"])
+        return float(summary["best_val_ppl"])
+
+    before = len(study.get_trials(deepcopy=False))
+    try:
+        study.optimize(objective, n_trials=1, catch=(Surplus,))
+    except Interrupted as stop:
+        trial = study.get_trials(deepcopy=False)[current[0]]
+        retry(study, trial, str(stop))
         raise RnnregError(
-            f"tuning {status}: trial {trial.number} is checkpointed in "
+            f"tuning {stop}: trial {trial.number} is checkpointed in "
             f"{trial_dir(folder, trial)}; run the same command to go on"
-        )
-    return True
+        ) from None
+    last = study.get_trials(deepcopy=False)[before:]
+    return not any(tr.state is TrialState.FAIL for tr in last)
 
 
 def tune_variant(
