@@ -30,7 +30,7 @@ LEDGER_DIR ?= outputs/ledger
 LEDGER_THREADS ?= 2
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-fast lint format run data bench sweep sweep-paper ledger-runs report rescore results record clean gpu-pack gpu-check tune postgres-server
+.PHONY: help setup test test-fast lint format run data bench sweep sweep-paper ledger-runs report rescore results record clean gpu-pack gpu-check tune tune-paper postgres-server
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -98,6 +98,18 @@ sweep-paper: $(STAMP) ## the paper presets x 3 seeds on SLURM GPUs (set RNNREG_S
 
 tune: $(STAMP) ## equal-budget studies (conf/tune/default.yaml: zaremba, gal; small; 16 trials x 2 epochs, ASHA; best retrained x 3 seeds), TUNE_WORKERS (2) at once
 	$(PY) -m rnnreg.tune tune.workers=$(TUNE_WORKERS)
+
+# The same comparison at medium size on SLURM GPUs: 16 trials of 6 epochs per variant with
+# ASHA (min 2 epochs), the best of each retrained with 3 seeds at the medium protocol's 39
+# epochs (our choice of budget), TUNE_WORKERS_SLURM array tasks on TUNE_STORAGE.
+TUNE_WORKERS_SLURM ?= 8
+TUNE_STORAGE ?=
+TUNE_LAUNCHER ?= slurm
+tune-paper: $(STAMP) ## the tuned comparison at medium size as a SLURM worker array (set TUNE_STORAGE=postgresql://..., RNNREG_SLURM_PARTITION); TUNE_LAUNCHER=debug simulates the array here
+	$(PY) -m rnnreg.tune tune.name=paper-medium 'tune.variants=[none,zaremba,gal,moon,semeniuta,zoneout]' \
+		tune.trials=16 tune.budget=6 tune.min_resource=2 tune.retrain_seeds=3 tune.retrain_epochs=39 \
+		tune.workers=$(TUNE_WORKERS_SLURM) tune.launcher=$(TUNE_LAUNCHER) \
+		$(if $(TUNE_STORAGE),tune.storage=$(TUNE_STORAGE)) model=medium trainer.device=cuda
 
 ledger-runs: $(STAMP) ## the ledger's rows in order (seed 1), each skipped when results/runs has it completed, else resumed from its checkpoint, then recorded
 	@set -e; for row in $(LEDGER_ROWS); do \

@@ -306,3 +306,30 @@ def test_two_workers_on_postgres_and_one_killed_mid_trial(
     assert trials[0].state is TrialState.FAIL
     assert sum(tr.state is TrialState.COMPLETE for tr in trials) == 2
     assert [tr.user_attrs.get("retry_of") for tr in trials].count(0) == 1
+
+
+@pytest.mark.slow
+def test_a_simulated_slurm_array_of_workers_fills_the_study(
+    tmp_path: Path, tiny_data: Path
+) -> None:
+    """tune.launcher=debug: submitit's debug executor runs the array's two tasks."""
+    args = [
+        "tune.name=array",
+        "tune.variants=[zaremba]",
+        "tune.trials=3",
+        "tune.budget=1",
+        "tune.pruner=none",
+        "tune.workers=2",
+        "tune.launcher=debug",
+        "tune.retrain_seeds=0",
+        "trainer.max_steps=20",
+    ]
+    result = tune(tmp_path, tiny_data, *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    root = tmp_path / "out" / "tune" / "array"
+    t = TuneConfig(name="array", dir=str(root))
+    trials = open_study(t, "zaremba", open_storage(t, root)).trials
+    assert sum(tr.state is TrialState.COMPLETE for tr in trials) == 3
+    assert (root / "submitit").is_dir()
+    refused = tune(tmp_path, tiny_data, *args[:-3], "tune.launcher=slurm")
+    assert refused.returncode == 2 and "needs tune.storage=postgresql" in refused.stderr

@@ -25,7 +25,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from rnnreg import RnnregError, error_exit
 from rnnreg.config.schema import CONF_DIR, register
-from rnnreg.config.tune import TuneConfig, register_tune
+from rnnreg.config.tune import Launcher, TuneConfig, register_tune
 
 log = logging.getLogger("rnnreg")
 
@@ -67,6 +67,8 @@ def run(t: TuneConfig) -> dict[str, Any]:
         load_space(variant)
         run_config(t, variant, {}, t.budget, [])
     open_storage(t, Path(t.dir))
+    if t.launcher is not Launcher.local:
+        return submit_array(t)
     if t.workers == 1:
         return work(t, 0)
     context = multiprocessing.get_context("spawn")
@@ -80,6 +82,37 @@ def run(t: TuneConfig) -> dict[str, Any]:
             process.join()
 
 
+def submit_array(t: TuneConfig) -> dict[str, Any]:
+    """``tune.workers`` tasks of a submitit job array, each a worker on the shared storage
+    (a SLURM array needs ``tune.storage``: the journal file is for one machine)."""
+    import submitit
+
+    from rnnreg.tuning.study import work
+
+    if t.launcher is Launcher.slurm and t.storage is None:
+        raise RnnregError(
+            "tune.launcher=slurm needs tune.storage=postgresql://... shared by the array's "
+            "nodes (the journal file is for workers on one machine)"
+        )
+    executor = submitit.AutoExecutor(folder=Path(t.dir) / "submitit", cluster=t.launcher.value)
+    executor.update_parameters(
+        name=f"rnnreg-tune-{t.name}",
+        timeout_min=t.slurm_timeout_min,
+        slurm_partition=t.slurm_partition,
+        slurm_account=t.slurm_account,
+        gpus_per_node=t.slurm_gpus,
+        cpus_per_task=t.slurm_cpus,
+        mem_gb=t.slurm_mem_gb,
+        slurm_array_parallelism=t.workers,
+        slurm_signal_delay_s=120,
+    )
+    jobs = executor.map_array(work, [t] * t.workers, list(range(t.workers)))
+    log.info("submitted %d workers: %s", len(jobs), ", ".join(str(j.job_id) for j in jobs))
+    if t.launcher is Launcher.slurm:  # the array runs on: watch <dir>/study.json, the report
+        return {"submitted": [str(job.job_id) for job in jobs]}
+    return [job.result() for job in jobs][-1]
+
+
 @hydra.main(config_path=str(CONF_DIR), config_name="tune", version_base="1.3")
 def app(cfg: DictConfig) -> float:
     try:
@@ -87,7 +120,7 @@ def app(cfg: DictConfig) -> float:
     except RnnregError as exc:  # one line, not Hydra's report of an exception
         raise SystemExit(error_exit(exc)) from None
     print(json.dumps(record, indent=2))
-    best = [r["best_value"] for r in record.values() if r.get("best_value") is not None]
+    best = [r["best_value"] for r in record.values() if isinstance(r, dict) and r.get("best_value")]
     return min(best) if best else float("inf")
 
 

@@ -11,6 +11,15 @@ from hydra.core.config_store import ConfigStore
 from rnnreg import RnnregError
 
 
+class Launcher(str, Enum):
+    """Where the workers run: processes here, a SLURM job array (submitit), or submitit's
+    debug executor, which runs the array's tasks one after another in this process."""
+
+    local = "local"
+    slurm = "slurm"
+    debug = "debug"
+
+
 class Pruner(str, Enum):
     """When Optuna stops a trial early, from its validation perplexity per epoch."""
 
@@ -45,6 +54,14 @@ class TuneConfig:
     #: Worker processes on this machine sharing the storage; threads per worker =
     #: cores // workers.
     workers: int = 1
+    launcher: Launcher = Launcher.local
+    #: The SLURM array's tasks (``launcher=slurm``), as the sweeps' conf/hydra/launcher/slurm.yaml.
+    slurm_partition: str | None = "${oc.env:RNNREG_SLURM_PARTITION,null}"
+    slurm_account: str | None = "${oc.env:RNNREG_SLURM_ACCOUNT,null}"
+    slurm_timeout_min: int = 1440
+    slurm_gpus: int = 1
+    slurm_cpus: int = 8
+    slurm_mem_gb: int = 32
     #: Retrain each variant's best configuration with seeds 1..N at ``retrain_epochs``
     #: (None: the run config's ``trainer.epochs``).
     retrain_seeds: int = 0

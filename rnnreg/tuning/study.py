@@ -31,7 +31,7 @@ from optuna.trial import TrialState
 
 from rnnreg import RnnregError, RunInUse
 from rnnreg.config.schema import CONF_DIR, to_run_config
-from rnnreg.config.tune import Pruner, TuneConfig
+from rnnreg.config.tune import Launcher, Pruner, TuneConfig
 from rnnreg.core.files import atomic_write_bytes
 from rnnreg.core.process import exclusive_run
 from rnnreg.tuning.space import Param, load_space
@@ -285,7 +285,9 @@ def work(t: TuneConfig, worker: int = 0) -> dict[str, Any]:
     """One worker: every variant's trials, then its share of the retraining; returns (and
     writes ``<dir>/study.json``) what each study holds."""
     root = Path(t.dir)
-    threads = max(1, (os.cpu_count() or 1) // t.workers)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    side_by_side = t.workers if t.launcher is Launcher.local else 1  # an array task: its own
+    threads = max(1, (cores or 1) // side_by_side)
     storage = open_storage(t, root)
     record = {}
     for variant in t.variants:
