@@ -79,11 +79,14 @@ def _timed(fn: Any, *args: Any, **kwargs: Any) -> tuple[Any, float]:
     return result, time.perf_counter() - start
 
 
-def rescore(run_dir: Path, overrides: list[str], grid: bool) -> dict[str, Any]:
-    """Every evaluation asked for, of the run's tested weights, recorded in ``run_dir``."""
+def rescore(
+    run_dir: Path, overrides: list[str], grid: bool, threads: int | None = None
+) -> dict[str, Any]:
+    """Every evaluation asked for, of the run's tested weights, recorded in ``run_dir``;
+    on ``threads`` torch threads (default: the run's ``trainer.threads``)."""
     run, weights = load_run(run_dir, overrides)
-    if run.trainer.threads:
-        torch.set_num_threads(run.trainer.threads)
+    if threads or run.trainer.threads:
+        torch.set_num_threads(threads or run.trainer.threads)
     corpus = load_corpus(run.dataset)
     model_cfg = dataclasses.replace(run.model, compile=False)
     apply_precision(run.trainer.precision)
@@ -239,10 +242,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("overrides", nargs="*", help="eval.* settings, key=value")
     parser.add_argument("--grid", action="store_true", help="choose the settings on validation")
+    parser.add_argument("--threads", type=int, help="torch threads (default: the run's)")
     args = parser.parse_intermixed_args(argv)  # --grid before or after the overrides
     register()
     try:
-        out = rescore(args.run_dir.resolve(), args.overrides, args.grid)
+        out = rescore(args.run_dir.resolve(), args.overrides, args.grid, args.threads)
     except RnnregError as exc:
         return error_exit(exc)
     print(json.dumps(out, indent=2))
