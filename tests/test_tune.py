@@ -149,9 +149,12 @@ def test_two_workers_share_the_journal_and_run_exactly_the_trials(
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGINT"])
 def test_a_worker_killed_mid_trial_is_retried_never_counted(
-    tmp_path: Path, tiny_data: Path
+    tmp_path: Path, tiny_data: Path, how: str
 ) -> None:
+    """SIGKILL: the next run finds the trial orphaned (its run lock free). SIGINT (Ctrl-C):
+    the trial checkpoints, is failed and queued again, the worker says so in one line."""
     import signal
     import time
 
@@ -173,15 +176,21 @@ def test_a_worker_killed_mid_trial_is_retried_never_counted(
         env=env,
         start_new_session=True,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     first = tmp_path / "out" / "tune" / "kill" / "zaremba" / "trial_0000"
     deadline = time.monotonic() + 120
     while not (first / "checkpoints" / "last.pt").exists() and time.monotonic() < deadline:
         time.sleep(0.05)
-    os.killpg(worker.pid, signal.SIGKILL)
-    worker.wait()
-    assert run_status(first) == "running"  # killed inside its first trial
+    os.killpg(worker.pid, getattr(signal, how))
+    _, err = worker.communicate(timeout=120)
+    if how == "SIGKILL":
+        assert run_status(first) == "running"  # killed inside its first trial
+    else:
+        assert worker.returncode == 2 and run_status(first) == "interrupted"
+        lines = [line for line in err.splitlines() if line.startswith("rnnreg: error:")]
+        assert len(lines) == 1 and "checkpointed" in lines[0], err[-2000:]
     result = tune(tmp_path, tiny_data, *args)
     assert result.returncode == 0, result.stderr[-3000:]
     root = tmp_path / "out" / "tune" / "kill"

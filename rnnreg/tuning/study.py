@@ -147,7 +147,11 @@ def run_status(run_dir: Path) -> str | None:
 
 
 def trial_dir(folder: Path, trial: Any) -> Path:
-    return folder / f"trial_{trial.user_attrs.get('retry_of', trial.number):04d}"
+    """The run directory of the trial, or of the first trial it retries: ours (``retry_of``)
+    or an RDB heartbeat's (Optuna's retry history), so that a retry resumes the run."""
+    history = optuna.storages.RetryHeartbeatStaleTrialCallback.retry_history(trial)
+    origin = trial.user_attrs.get("retry_of", history[0] if history else trial.number)
+    return folder / f"trial_{origin:04d}"
 
 
 def retry(study: optuna.Study, trial: Any, why: str) -> None:
@@ -188,7 +192,8 @@ def run_trial(
             trial.report(val_ppl, epoch)
             return trial.should_prune()
 
-        summary = Trainer(run, trial_dir(folder, trial), epoch_hook=report).fit()
+        frozen = study.get_trials(deepcopy=False)[trial.number]  # with its retry history
+        summary = Trainer(run, trial_dir(folder, frozen), epoch_hook=report).fit()
         if summary["status"] in ("pruned", "diverged"):
             trial.set_user_attr("ended", summary["status"])
             raise optuna.TrialPruned
@@ -199,8 +204,9 @@ def run_trial(
     before = len(study.get_trials(deepcopy=False))
     try:
         study.optimize(objective, n_trials=1, catch=(Surplus,))
-    except Interrupted as stop:
+    except (Interrupted, KeyboardInterrupt) as stop:  # the trainer forwards SIGINT
         trial = study.get_trials(deepcopy=False)[current[0]]
+        stop = stop if isinstance(stop, Interrupted) else Interrupted("interrupted")
         retry(study, trial, str(stop))
         raise RnnregError(
             f"tuning {stop}: trial {trial.number} is checkpointed in "
