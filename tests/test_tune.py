@@ -91,11 +91,42 @@ def test_bad_tune_settings_get_one_line() -> None:
         TuneConfig(workers=0)
 
 
-def tune(tmp_path: Path, tiny_data: Path, *args: str) -> subprocess.CompletedProcess:
+def tune_env(tmp_path: Path, tiny_data: Path) -> dict[str, str]:
     env = dict(os.environ, RNNREG_DATA_DIR=str(tiny_data), RNNREG_CACHE_DIR=str(tmp_path / "c"))
-    env["RNNREG_OUTPUTS"] = str(tmp_path / "out")
+    return env | {"RNNREG_OUTPUTS": str(tmp_path / "out")}
+
+
+def tune(tmp_path: Path, tiny_data: Path, *args: str) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "rnnreg.tune", *args, *TINY]
+    env = tune_env(tmp_path, tiny_data)
     return subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True)
+
+
+def signal_first_trial(
+    tmp_path: Path, tiny_data: Path, args: list[str], name: str, how: str
+) -> tuple[int, str, Path]:
+    """Start ``rnnreg.tune``, send ``how`` to its process group once its first trial has
+    checkpointed; its exit code, its stderr and that trial's run directory."""
+    import signal
+    import time
+
+    command = [sys.executable, "-m", "rnnreg.tune", *args, *TINY]
+    worker = subprocess.Popen(
+        command,
+        cwd=tmp_path,
+        env=tune_env(tmp_path, tiny_data),
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    first = tmp_path / "out" / "tune" / name / "zaremba" / "trial_0000"
+    deadline = time.monotonic() + 120
+    while not (first / "checkpoints" / "last.pt").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(worker.pid, getattr(signal, how))
+    _, err = worker.communicate(timeout=120)
+    return worker.returncode, err, first
 
 
 @pytest.mark.slow
@@ -155,8 +186,6 @@ def test_a_worker_killed_mid_trial_is_retried_never_counted(
 ) -> None:
     """SIGKILL: the next run finds the trial orphaned (its run lock free). SIGINT (Ctrl-C):
     the trial checkpoints, is failed and queued again, the worker says so in one line."""
-    import signal
-    import time
 
     args = [
         "tune.name=kill",
@@ -167,28 +196,11 @@ def test_a_worker_killed_mid_trial_is_retried_never_counted(
         "tune.retrain_seeds=0",
         "trainer.checkpoint_every_s=0.5",
     ]
-    env = dict(os.environ, RNNREG_DATA_DIR=str(tiny_data), RNNREG_CACHE_DIR=str(tmp_path / "c"))
-    env["RNNREG_OUTPUTS"] = str(tmp_path / "out")
-    command = [sys.executable, "-m", "rnnreg.tune", *args, *TINY]
-    worker = subprocess.Popen(
-        command,
-        cwd=tmp_path,
-        env=env,
-        start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    first = tmp_path / "out" / "tune" / "kill" / "zaremba" / "trial_0000"
-    deadline = time.monotonic() + 120
-    while not (first / "checkpoints" / "last.pt").exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    os.killpg(worker.pid, getattr(signal, how))
-    _, err = worker.communicate(timeout=120)
+    code, err, first = signal_first_trial(tmp_path, tiny_data, args, "kill", how)
     if how == "SIGKILL":
         assert run_status(first) == "running"  # killed inside its first trial
     else:
-        assert worker.returncode == 2 and run_status(first) == "interrupted"
+        assert code == 2 and run_status(first) == "interrupted"
         lines = [line for line in err.splitlines() if line.startswith("rnnreg: error:")]
         assert len(lines) == 1 and "checkpointed" in lines[0], err[-2000:]
     result = tune(tmp_path, tiny_data, *args)
@@ -265,8 +277,6 @@ def test_two_workers_on_postgres_and_one_killed_mid_trial(
 ) -> None:
     """Two workers share a real PostgreSQL study: exactly the trials asked for. Then a
     worker SIGKILLed inside a trial: the next run fails that trial and retries it."""
-    import signal
-    import time
 
     args = [
         "tune.name=pg",
@@ -289,23 +299,7 @@ def test_two_workers_on_postgres_and_one_killed_mid_trial(
     kill_args = [a.replace("tune.name=pg", "tune.name=pgkill") for a in args]
     kill_args = [a for a in kill_args if not a.startswith(("tune.workers", "trainer.max_steps"))]
     kill_args += ["tune.trials=2", "tune.pruner=none", "trainer.checkpoint_every_s=0.5"]
-    env = dict(os.environ, RNNREG_DATA_DIR=str(tiny_data), RNNREG_CACHE_DIR=str(tmp_path / "c"))
-    env["RNNREG_OUTPUTS"] = str(tmp_path / "out")
-    command = [sys.executable, "-m", "rnnreg.tune", *kill_args, *TINY]
-    worker = subprocess.Popen(
-        command,
-        cwd=tmp_path,
-        env=env,
-        start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    first = tmp_path / "out" / "tune" / "pgkill" / "zaremba" / "trial_0000"
-    deadline = time.monotonic() + 120
-    while not (first / "checkpoints" / "last.pt").exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    os.killpg(worker.pid, signal.SIGKILL)
-    worker.wait()
+    signal_first_trial(tmp_path, tiny_data, kill_args, "pgkill", "SIGKILL")
     result = tune(tmp_path, tiny_data, *kill_args)
     assert result.returncode == 0, result.stderr[-3000:]
     k = TuneConfig(
