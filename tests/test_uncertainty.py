@@ -182,6 +182,7 @@ def test_a_run_records_its_calibration_and_a_finished_run_is_rescored(
     assert out["uncertainty"]["mc_samples"] == 4 and out["test_mi_mc"] > 0
     rescored = json.loads((tmp_path / "plain" / "summary.json").read_text())
     assert rescored["test_ece_mc"] == out["test_ece_mc"] and "val_mc" in rescored["reliability"]
+    assert rescored["mc_samples"] == 4  # the K of the MC numbers it now holds
 
     from rnnreg.reporting.report import build_report
 

@@ -215,9 +215,12 @@ def uncertainty(model: LanguageModel, corpus: Corpus, e: EvalConfig) -> dict[str
     }
     out, took = _timed(standard_uncertainty, model, batched, e.bptt)
     timing = {"standard_s": took}
-    if e.mc_samples > 0:
+    if e.mc_samples > 0:  # the summary's MC numbers are now these: say with what
         mc, timing["mc_s"] = _timed(mc_evaluations, model, batched, e)
-        out = merge_results(out, mc)
+        out = merge_results(out, mc) | {
+            "mc_samples": e.mc_samples,
+            "mc_mask_draw": e.mc_mask_draw.value,
+        }
     return {**out, "uncertainty": {"mc_samples": e.mc_samples, **timing}}
 
 
