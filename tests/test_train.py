@@ -366,9 +366,9 @@ def test_the_test_split_is_scored_once_when_the_best_epoch_is_the_last(
     passes = []
     original = final.evaluate
 
-    def counted(model, source, bptt):
+    def counted(model, source, bptt, meter=None):
         passes.append(source.size(1))
-        return original(model, source, bptt)
+        return original(model, source, bptt, meter)
 
     monkeypatch.setattr(final, "evaluate", counted)
     summary = Trainer(make_config("trainer.epochs=1"), tmp_path / "run").fit()

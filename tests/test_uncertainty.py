@@ -193,3 +193,23 @@ def test_a_run_records_its_calibration_and_a_finished_run_is_rescored(
     assert sorted(row.split(" | ")[3] for row in rows) == ["mc", "mc", "standard", "standard"]
     figures = sorted((tmp_path / "report" / "figures").glob("reliability_*.png"))
     assert figures and all(f"figures/{f.name}" in markdown for f in figures)
+
+
+def test_calibration_adds_no_second_pass_over_the_test_split(make_config, tmp_path, monkeypatch):
+    """The tested weights' test pass carries the meter; only validation is read again."""
+    import rnnreg.evaluation.final as final
+    from rnnreg.training.trainer import Trainer
+
+    passes = []
+    original = final.evaluate
+
+    def counted(model, source, bptt, meter=None):
+        passes.append((source.size(1), meter is not None))
+        return original(model, source, bptt, meter)
+
+    monkeypatch.setattr(final, "evaluate", counted)
+    summary = Trainer(
+        make_config("trainer.epochs=1", "eval.uncertainty=true"), tmp_path / "r"
+    ).fit()
+    assert passes == [(1, True), (4, True)]  # test at batch 1 once, validation at batch 4
+    assert summary["test_ece"] is not None and summary["val_ece"] is not None

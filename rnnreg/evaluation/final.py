@@ -66,19 +66,24 @@ def final_evaluation(
     Gal's Lua code test them; ``best``: the best validation epoch's (AWD-LSTM). Without a
     best checkpoint (no validation was ever better than inf) the final weights are the best.
     """
+    two = best_weights is not None and not same_weights(best_weights, final_weights)
+    meter = UncertaintyMeter() if e.uncertainty else None  # on the tested weights' pass
+    on_final = meter if e.test_weights is TestWeights.final or not two else None
     model.load_state_dict(final_weights)
-    results = {"test_ppl_final": evaluate(model, test, e.bptt).perplexity}
+    results: dict[str, Any] = {"test_ppl_final": evaluate(model, test, e.bptt, on_final).perplexity}
     pause_point("test")  # in the final evaluation
-    if best_weights is not None and not same_weights(best_weights, final_weights):
+    if two:
         model.load_state_dict(best_weights)
-        results["test_ppl_best"] = evaluate(model, test, e.bptt).perplexity
+        on_best = meter if e.test_weights is TestWeights.best else None
+        results["test_ppl_best"] = evaluate(model, test, e.bptt, on_best).perplexity
     else:  # the last epoch was the best (or none was validated): one pass scores both
         results["test_ppl_best"] = results["test_ppl_final"]
     if e.test_weights is TestWeights.final:
         model.load_state_dict(final_weights)
     results["test_ppl"] = results[f"test_ppl_{e.test_weights.value}"]
-    if e.uncertainty:
-        results |= standard_uncertainty(model, {"val": valid, "test": test}, e.bptt)
+    if meter is not None:  # the test split measured in its pass above; validation now
+        results = merge_results(results, uncertainty_results("test", "", meter))
+        results = merge_results(results, standard_uncertainty(model, {"val": valid}, e.bptt))
     if e.mc_samples > 0:
         results = merge_results(results, mc_evaluations(model, {"val": valid, "test": test}, e))
     return results
@@ -117,7 +122,7 @@ def same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool
 
 def mc_evaluations(
     model: LanguageModel, sources: dict[str, torch.Tensor], e: EvalConfig
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """``{split}_ppl_mc`` of each source with ``eval.mc_samples`` samples (and, with
     ``eval.uncertainty``, the samples' calibration and uncertainty)."""
     results: dict[str, Any] = {}
