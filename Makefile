@@ -90,14 +90,16 @@ sweep: $(STAMP) ## every variant x 3 seeds, model=small PTB, SWEEP_EPOCHS (3) ep
 		trainer.auto_resume=true hydra.sweep.dir=$(abspath $(SWEEP_DIR))
 
 TUNE_WORKERS ?= 2
+TUNE ?= default
+TUNE_THREADS ?= 0
 
 sweep-paper: $(STAMP) ## the paper presets x 3 seeds on SLURM GPUs (set RNNREG_SLURM_PARTITION)
 	$(PY) -m rnnreg.train -m hydra/launcher=slurm experiment=$(PAPER_EXPERIMENTS) \
 		seed=$(SEEDS) eval.mc_samples=100 trainer.device=cuda trainer.auto_resume=true \
 		hydra.sweep.dir=$(abspath $(PAPER_DIR))
 
-tune: $(STAMP) ## equal-budget studies (conf/tune/default.yaml: zaremba, gal; small; 16 trials x 2 epochs, ASHA; best retrained x 3 seeds), TUNE_WORKERS (2) at once
-	$(PY) -m rnnreg.tune tune.workers=$(TUNE_WORKERS)
+tune: $(STAMP) ## equal-budget studies (conf/tune/$(TUNE).yaml; default: zaremba, gal; small; 16 trials x 2 epochs, ASHA; best retrained x 3 seeds; TUNE=cpu_demo: ~4 CPU-hours), TUNE_WORKERS (2) at once, TUNE_THREADS each (0: cores / workers)
+	$(PY) -m rnnreg.tune tune=$(TUNE) tune.workers=$(TUNE_WORKERS) tune.threads=$(TUNE_THREADS)
 
 # The same comparison at medium size on SLURM GPUs: 16 trials of 6 epochs per variant with
 # ASHA (min 2 epochs), the best of each retrained with 3 seeds at the medium protocol's 39
@@ -105,11 +107,12 @@ tune: $(STAMP) ## equal-budget studies (conf/tune/default.yaml: zaremba, gal; sm
 TUNE_WORKERS_SLURM ?= 8
 TUNE_STORAGE ?=
 TUNE_LAUNCHER ?= slurm
-tune-paper: $(STAMP) ## the tuned comparison at medium size as a SLURM worker array (set TUNE_STORAGE=postgresql://..., RNNREG_SLURM_PARTITION); TUNE_LAUNCHER=debug simulates the array here
+TUNE_ARGS ?=
+tune-paper: $(STAMP) ## the tuned comparison at medium size as a SLURM worker array (set TUNE_STORAGE=postgresql://..., RNNREG_SLURM_PARTITION); TUNE_ARGS=tune.dry_run=true checks and prints the plan, TUNE_LAUNCHER=debug runs the array's tasks here
 	$(PY) -m rnnreg.tune tune.name=paper-medium 'tune.variants=[none,zaremba,gal,moon,semeniuta,zoneout]' \
 		tune.trials=16 tune.budget=6 tune.min_resource=2 tune.retrain_seeds=3 tune.retrain_epochs=39 \
 		tune.workers=$(TUNE_WORKERS_SLURM) tune.launcher=$(TUNE_LAUNCHER) \
-		$(if $(TUNE_STORAGE),tune.storage=$(TUNE_STORAGE)) model=medium trainer.device=cuda
+		$(if $(TUNE_STORAGE),tune.storage=$(TUNE_STORAGE)) model=medium trainer.device=cuda $(TUNE_ARGS)
 
 ledger-runs: $(STAMP) ## the ledger's rows in order (seed 1), each skipped when results/runs has it completed, else resumed from its checkpoint, then recorded
 	@set -e; for row in $(LEDGER_ROWS); do \

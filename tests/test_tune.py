@@ -13,9 +13,16 @@ import pytest
 from optuna.trial import TrialState
 
 from rnnreg import RnnregError
-from rnnreg.config.tune import Pruner, TuneConfig
+from rnnreg.config.tune import Launcher, Pruner, TuneConfig
+from rnnreg.reporting.tuning import trial_values
 from rnnreg.tuning.space import load_space
-from rnnreg.tuning.study import make_pruner, open_storage, open_study, run_status
+from rnnreg.tuning.study import (
+    make_pruner,
+    open_storage,
+    open_study,
+    run_status,
+    worker_threads,
+)
 
 TINY = [
     "model.embedding_size=16",
@@ -174,6 +181,11 @@ def test_two_workers_share_the_journal_and_run_exactly_the_trials(
     assert "| 2 of 2 |" in section  # both retrained seeds in the comparison
     assert "trial_0" not in markdown.split("## Tuned")[0]  # trials are not rows
     assert (root / "report" / "figures" / "tuning_two.png").is_file()
+    assert (root / "report" / "figures" / "tuned_two.png").is_file()
+    tried = trial_values(root, "zaremba", sorted(record["best_params"]))
+    assert len(tried) == 5 and all(len(tr["values"]) == len(record["best_params"]) for tr in tried)
+    best = next(tr for tr in tried if tr["number"] == record["best_trial"])
+    assert best["values"] == pytest.approx(record["best_params"])
     again = tune(tmp_path, tiny_data, *args)  # the same command: the study is complete
     assert again.returncode == 0, again.stderr[-3000:]
     assert len(open_study(t, "zaremba", open_storage(t, root)).trials) == len(study.trials)
@@ -335,4 +347,42 @@ def test_a_simulated_slurm_array_of_workers_fills_the_study(
     assert sum(tr.state is TrialState.COMPLETE for tr in trials) == 3
     assert (root / "submitit").is_dir()
     refused = tune(tmp_path, tiny_data, *args[:-3], "tune.launcher=slurm")
+    assert refused.returncode == 2 and "needs tune.storage=postgresql" in refused.stderr
+
+
+def test_threads_per_worker_share_the_cores_unless_set() -> None:
+    assert worker_threads(TuneConfig(workers=2), cores=16) == 8
+    assert worker_threads(TuneConfig(workers=4), cores=2) == 1
+    assert worker_threads(TuneConfig(workers=4, launcher=Launcher.slurm), cores=8) == 8
+    assert worker_threads(TuneConfig(workers=1, threads=1), cores=2) == 1
+    with pytest.raises(RnnregError, match="tune.threads=-1"):
+        TuneConfig(threads=-1)
+
+
+def test_a_dry_run_checks_and_prints_the_plan_and_runs_nothing(
+    tmp_path: Path, tiny_data: Path
+) -> None:
+    """make tune-paper TUNE_ARGS=tune.dry_run=true: every variant composed at its size, the
+    array's parameters, and no journal, trial or submission."""
+    args = [
+        "tune.name=plan",
+        "tune.variants=[zaremba,zoneout]",
+        "tune.workers=8",
+        "tune.launcher=slurm",
+        "tune.slurm_partition=gpu",
+        "tune.storage=sqlite:///" + str(tmp_path / "plan.db"),
+        "tune.dry_run=true",
+    ]
+    result = tune(tmp_path, tiny_data, *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    plan = json.loads(result.stdout[result.stdout.index("{") :])
+    assert set(plan["studies"]) == {"plan-zaremba", "plan-zoneout"}
+    assert plan["studies"]["plan-zoneout"]["model"] == "16 units x 2 layers"
+    assert "variant.zoneout_cell" in plan["studies"]["plan-zoneout"]["space"]
+    assert plan["workers"]["array"]["slurm_partition"] == "gpu"
+    assert plan["workers"]["array"]["slurm_array_parallelism"] == 8
+    root = tmp_path / "out" / "tune" / "plan"
+    assert not (root / "journal.log").exists() and not (root / "submitit").exists()
+    assert not list(root.glob("*/trial_*"))
+    refused = tune(tmp_path, tiny_data, *[a for a in args if "storage" not in a])
     assert refused.returncode == 2 and "needs tune.storage=postgresql" in refused.stderr

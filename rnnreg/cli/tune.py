@@ -66,7 +66,10 @@ def run(t: TuneConfig) -> dict[str, Any]:
     for variant in t.variants:  # bad input fails here, before any worker starts
         load_space(variant)
         run_config(t, variant, {}, t.budget, [])
-    open_storage(t, Path(t.dir))
+    if t.storage or not t.dry_run:  # a dry run starts no journal; a database URL is checked
+        open_storage(t, Path(t.dir))
+    if t.dry_run:
+        return plan(t)
     if t.launcher is not Launcher.local:
         return submit_array(t)
     if t.workers == 1:
@@ -82,6 +85,67 @@ def run(t: TuneConfig) -> dict[str, Any]:
             process.join()
 
 
+def array_parameters(t: TuneConfig) -> dict[str, Any]:
+    """What each task of the submitit array asks of SLURM."""
+    return {
+        "name": f"rnnreg-tune-{t.name}",
+        "timeout_min": t.slurm_timeout_min,
+        "slurm_partition": t.slurm_partition,
+        "slurm_account": t.slurm_account,
+        "gpus_per_node": t.slurm_gpus,
+        "cpus_per_task": t.slurm_cpus,
+        "mem_gb": t.slurm_mem_gb,
+        "slurm_array_parallelism": t.workers,
+        "slurm_signal_delay_s": 120,
+    }
+
+
+def plan(t: TuneConfig) -> dict[str, Any]:
+    """``tune.dry_run``: what the command would run, checked (every space loads, every
+    variant's trial config composes, the storage opens), with nothing trained or submitted."""
+    from rnnreg.tuning.space import load_space
+    from rnnreg.tuning.study import run_config, worker_threads
+
+    if t.launcher is Launcher.slurm and t.storage is None:
+        raise RnnregError(NEEDS_STORAGE)
+    studies = {}
+    for variant in t.variants:
+        space = load_space(variant)
+        run = run_config(t, variant, {}, t.budget, [])
+        studies[f"{t.name}-{variant}"] = {
+            "space": {p.key: _span(p) for p in space},
+            "model": f"{run.model.hidden_size} units x {run.model.num_layers} layers",
+            "device": run.trainer.device.value,
+            "trials": t.trials,
+            "budget_epochs": t.budget,
+            "retrain": f"{t.retrain_seeds} seeds x {t.retrain_epochs or run.trainer.epochs} epochs",
+        }
+    workers = {"launcher": t.launcher.value, "workers": t.workers}
+    if t.launcher is Launcher.local:
+        workers["threads_per_worker"] = worker_threads(t)
+    else:
+        workers["array"] = array_parameters(t)
+    return {
+        "dry_run": True,
+        "dir": t.dir,
+        "storage": t.storage or f"{t.dir}/journal.log",
+        "workers": workers,
+        "studies": studies,
+    }
+
+
+def _span(param: Any) -> str:
+    if param.choices is not None:
+        return "one of " + ", ".join(map(str, param.choices))
+    return f"{param.low} to {param.high}{', log' if param.log else ''}"
+
+
+NEEDS_STORAGE = (
+    "tune.launcher=slurm needs tune.storage=postgresql://... shared by the array's "
+    "nodes (the journal file is for workers on one machine)"
+)
+
+
 def submit_array(t: TuneConfig) -> dict[str, Any]:
     """``tune.workers`` tasks of a submitit job array, each a worker on the shared storage
     (a SLURM array needs ``tune.storage``: the journal file is for one machine)."""
@@ -90,22 +154,9 @@ def submit_array(t: TuneConfig) -> dict[str, Any]:
     from rnnreg.tuning.study import work
 
     if t.launcher is Launcher.slurm and t.storage is None:
-        raise RnnregError(
-            "tune.launcher=slurm needs tune.storage=postgresql://... shared by the array's "
-            "nodes (the journal file is for workers on one machine)"
-        )
+        raise RnnregError(NEEDS_STORAGE)
     executor = submitit.AutoExecutor(folder=Path(t.dir) / "submitit", cluster=t.launcher.value)
-    executor.update_parameters(
-        name=f"rnnreg-tune-{t.name}",
-        timeout_min=t.slurm_timeout_min,
-        slurm_partition=t.slurm_partition,
-        slurm_account=t.slurm_account,
-        gpus_per_node=t.slurm_gpus,
-        cpus_per_task=t.slurm_cpus,
-        mem_gb=t.slurm_mem_gb,
-        slurm_array_parallelism=t.workers,
-        slurm_signal_delay_s=120,
-    )
+    executor.update_parameters(**array_parameters(t))
     jobs = executor.map_array(work, [t] * t.workers, list(range(t.workers)))
     log.info("submitted %d workers: %s", len(jobs), ", ".join(str(j.job_id) for j in jobs))
     if t.launcher is Launcher.slurm:  # the array runs on: watch <dir>/study.json, the report

@@ -54,6 +54,8 @@ class TuneConfig:
     #: Worker processes on this machine sharing the storage; threads per worker =
     #: cores // workers.
     workers: int = 1
+    #: torch threads per worker; 0: cores // workers here, every core an array task has.
+    threads: int = 0
     launcher: Launcher = Launcher.local
     #: The SLURM array's tasks (``launcher=slurm``), as the sweeps' conf/hydra/launcher/slurm.yaml.
     slurm_partition: str | None = "${oc.env:RNNREG_SLURM_PARTITION,null}"
@@ -66,12 +68,17 @@ class TuneConfig:
     #: (None: the run config's ``trainer.epochs``).
     retrain_seeds: int = 0
     retrain_epochs: int | None = None
+    #: Check and print the plan (studies, spaces, one trial's run config, the array's
+    #: parameters) and run or submit nothing.
+    dry_run: bool = False
     dir: str = "${oc.env:RNNREG_OUTPUTS,${rnnreg.root:outputs}}/tune/${tune.name}"
 
     def __post_init__(self) -> None:
         for name in ("trials", "budget", "min_resource", "workers", "reduction_factor"):
             if int(getattr(self, name)) < 1:
                 raise RnnregError(f"tune.{name}={getattr(self, name)} must be at least 1")
+        if int(self.threads) < 0:
+            raise RnnregError(f"tune.threads={self.threads} must be 0 (cores // workers) or more")
         if self.min_resource > self.budget:
             raise RnnregError(
                 f"tune.min_resource={self.min_resource} exceeds tune.budget={self.budget} "

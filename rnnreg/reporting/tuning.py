@@ -4,7 +4,8 @@ runs' summary.json files (files only; rnnreg/tuning/study.py writes them).
 
 For each comparison: per variant the trials counted at their budget, the tuned values,
 and the retrained seeds' test perplexity (mean, 95% interval, Welch + Holm against the
-reference variant); a figure of each trial's validation perplexity against its number.
+reference variant); a figure of each trial's validation perplexity against its number,
+and one of the values tried for each tuned key (the best trial starred).
 """
 
 from __future__ import annotations
@@ -45,6 +46,33 @@ def trial_curve(root: Path, variant: str) -> list[tuple[int, float, str]]:
         if s and s.get("best_val_ppl") is not None:
             points.append((int(run_dir.name.split("_")[1]), float(s["best_val_ppl"]), s["status"]))
     return points
+
+
+def trial_values(root: Path, variant: str, keys: list[str]) -> list[dict[str, Any]]:
+    """Each trial's tuned values (read back from its run's resolved config at ``keys``), best
+    validation perplexity, status and number."""
+    rows = []
+    for run_dir in sorted((root / variant).glob("trial_*")):
+        s = _summary(run_dir)
+        if not s or s.get("best_val_ppl") is None:
+            continue
+        values = {key: _setting(s.get("config", {}), key) for key in keys}
+        rows.append(
+            {
+                "number": int(run_dir.name.split("_")[1]),
+                "values": values,
+                "val_ppl": float(s["best_val_ppl"]),
+                "status": s["status"],
+            }
+        )
+    return rows
+
+
+def _setting(config: dict[str, Any], key: str) -> Any:
+    node: Any = config
+    for part in key.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
 
 
 def retrained_tests(record: dict[str, Any]) -> list[float]:
@@ -109,6 +137,8 @@ def tuning_section(outputs: Path, out: Path, reference: str) -> tuple[list[str],
                 ranked = ", ".join(f"{k} {v:.2f}" for k, v in record["importances"].items())
                 lines.append(f"\n{variant}: parameter importances (fANOVA): {ranked}")
         figures.append(plot_trials(root, study, out / f"tuning_{root.name}.png"))
+        if any(record.get("best_params") for record in study.values()):
+            figures.append(plot_tuned_values(root, study, out / f"tuned_{root.name}.png"))
     return lines, figures
 
 
@@ -134,6 +164,56 @@ def plot_trials(root: Path, study: dict[str, Any], path: Path) -> Path:
     ax.set(xlabel="trial", ylabel="best validation perplexity", yscale="log")
     ax.set(title=f"{root.name}: trials (hollow: pruned)")
     ax.legend(fontsize=8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _log_keys(variant: str) -> set[str]:
+    """The keys the variant's search space (conf/tune/space) samples on a log scale."""
+    from rnnreg import RnnregError
+    from rnnreg.tuning.space import load_space
+
+    try:
+        return {param.key for param in load_space(variant) if param.log}
+    except RnnregError:
+        return set()
+
+
+def plot_tuned_values(root: Path, study: dict[str, Any], path: Path) -> Path:
+    """One panel per tuned key: each trial's value against its best validation perplexity,
+    per variant (pruned trials hollow, the best trial starred)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = sorted({key for record in study.values() for key in record.get("best_params") or {}})
+    cols = min(3, len(keys))
+    rows = -(-len(keys) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.2 * rows), squeeze=False)
+    for ax, key in zip(axes.flat, keys, strict=False):
+        log_x = False
+        for index, (variant, record) in enumerate(study.items()):
+            if key not in (record.get("best_params") or {}):
+                continue
+            log_x = log_x or key in _log_keys(variant)
+            color = f"C{index}"
+            for trial in trial_values(root, variant, [key]):
+                x = trial["values"][key]
+                if x is None:
+                    continue
+                hollow = trial["status"] != "completed"
+                ax.plot(x, trial["val_ppl"], "o", color=color, mfc="none" if hollow else color)
+            best = record["best_params"][key]
+            ax.plot(best, record["best_value"], "*", ms=14, color=color, mec="k", label=variant)
+        ax.set(xlabel=key, ylabel="best val ppl", xscale="log" if log_x else "linear")
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(keys) :]:
+        ax.axis("off")
+    fig.suptitle(f"{root.name}: values tried (hollow: pruned; star: best)")
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

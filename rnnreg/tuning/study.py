@@ -287,13 +287,23 @@ def importances(study: optuna.Study) -> dict[str, float] | None:
     return {key: float(value) for key, value in found.items()}
 
 
+def worker_threads(t: TuneConfig, cores: int | None = None) -> int:
+    """torch threads per worker: ``tune.threads``, else this machine's cores shared by the
+    local workers (an array task has its cores to itself)."""
+    if t.threads:
+        return t.threads
+    if cores is None:
+        affinity = getattr(os, "sched_getaffinity", None)
+        cores = len(affinity(0)) if affinity else os.cpu_count()
+    side_by_side = t.workers if t.launcher is Launcher.local else 1
+    return max(1, (cores or 1) // side_by_side)
+
+
 def work(t: TuneConfig, worker: int = 0) -> dict[str, Any]:
     """One worker: every variant's trials, then its share of the retraining; returns (and
     writes ``<dir>/study.json``) what each study holds."""
     root = Path(t.dir)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    side_by_side = t.workers if t.launcher is Launcher.local else 1  # an array task: its own
-    threads = max(1, (cores or 1) // side_by_side)
+    threads = worker_threads(t)
     storage = open_storage(t, root)
     record = {}
     for variant in t.variants:
