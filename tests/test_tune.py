@@ -386,3 +386,31 @@ def test_a_dry_run_checks_and_prints_the_plan_and_runs_nothing(
     assert not list(root.glob("*/trial_*"))
     refused = tune(tmp_path, tiny_data, *[a for a in args if "storage" not in a])
     assert refused.returncode == 2 and "needs tune.storage=postgresql" in refused.stderr
+
+
+def test_a_retrain_seed_another_worker_holds_is_left_to_it(tmp_path: Path, tiny_data: Path) -> None:
+    """A second ``tune`` on the same study skips the seed the first one is training (its
+    run directory is locked) instead of failing, and trains the rest."""
+    from optuna.distributions import FloatDistribution
+
+    from rnnreg.core.process import exclusive_run
+    from rnnreg.tuning.study import retrain
+
+    data = [f"dataset.data_dir={tiny_data}", f"dataset.cache_dir={tmp_path / 'c'}"]
+    run = [*TINY, *data, "trainer.max_steps=5"]
+    t = TuneConfig(name="held", dir=str(tmp_path / "held"), run=run, retrain_seeds=2)
+    study = open_study(t, "zaremba", open_storage(t, Path(t.dir)))
+    rate = FloatDistribution(0.0, 0.7)
+    study.add_trial(
+        optuna.trial.create_trial(
+            params={"variant.p_input": 0.1}, distributions={"variant.p_input": rate}, value=9.0
+        )
+    )
+    held = Path(t.dir) / "zaremba" / "retrain" / "seed1"
+    with exclusive_run(held):
+        dirs = retrain(t, "zaremba", study, Path(t.dir), worker=0, threads=1)
+    assert [d.name for d in dirs] == ["seed1", "seed2"]
+    assert not (held / "summary.json").exists()
+    summary = json.loads((dirs[1] / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["seed"] == 2
+    assert summary["config"]["variant"]["p_input"] == pytest.approx(0.1)

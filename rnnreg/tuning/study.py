@@ -234,7 +234,8 @@ def retrain(
     t: TuneConfig, variant: str, study: optuna.Study, root: Path, worker: int, threads: int
 ) -> list[Path]:
     """The best configuration of ``variant`` with seeds 1..``retrain_seeds`` (this worker's
-    share: seed s goes to worker (s − 1) mod workers) at the full budget."""
+    share: seed s goes to worker (s − 1) mod workers) at the full budget. A seed another
+    process is training (a second ``tune`` on the same study) is left to it."""
     from rnnreg.training.trainer import Trainer
 
     done = [tr for tr in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
@@ -251,7 +252,10 @@ def retrain(
         epochs = t.retrain_epochs
         base = run_config(t, variant, {}, 1, []) if epochs is None else None
         run = run_config(t, variant, best.params, epochs or base.trainer.epochs, extra)
-        Trainer(run, run_dir).fit()
+        try:
+            Trainer(run, run_dir).fit()
+        except RunInUse:
+            log.info("%s: retrained by another worker; left to it", run_dir)
     return dirs
 
 
