@@ -246,6 +246,22 @@ def test_a_rate_sweep_is_one_row_per_rate_labelled_by_its_change(tmp_path: Path)
     assert rows[""]["runs"] == "1" and rows[""]["variant"] == "zaremba"
 
 
+def test_tuned_rates_are_labelled_to_four_digits_and_never_merged_by_it(tmp_path: Path) -> None:
+    """A tuned rate is shown as 0.1027, not 0.10272912357197912; two rates that round alike
+    are still two rows, told apart by their settings' digest."""
+    root = tmp_path / "outputs"
+    base = ["variant=zaremba", "model=small"]
+    for name, rate in (("a", 0.10272912357197912), ("b", 0.10270000000000001), ("c", 0.3)):
+        swept_run(root, name, [*base, f"variant.p_input={rate}"], 1, 100.0)
+    with open(build_report(root).with_suffix(".csv"), newline="") as handle:
+        labels = [r["settings"] for r in csv.DictReader(handle) if r["evaluation"] == "standard"]
+    assert len(labels) == 3 and len(set(labels)) == 3
+    assert "variant.p_input=0.3" in labels
+    rounded = sorted(label for label in labels if label.startswith("variant.p_input=0.1027"))
+    assert rounded[0] == "variant.p_input=0.1027"
+    assert rounded[1].startswith("variant.p_input=0.1027, #")
+
+
 def test_runs_differing_only_in_how_they_ran_are_one_group(tmp_path: Path) -> None:
     """Threads, device, compiling and the path of the data change no outcome setting."""
     root = tmp_path / "outputs"
@@ -307,3 +323,39 @@ def test_each_test_point_sits_on_its_label(tmp_path: Path, count: int) -> None:
     for tick in ticks:
         assert low + 0.3 <= tick <= high - 0.3  # inside, away from both edges
     plt.close(fig)
+
+
+def test_a_moved_comparison_still_finds_its_retrained_seeds(tmp_path: Path) -> None:
+    """study.json names the retrained runs by the absolute paths they were trained at; a
+    comparison copied elsewhere is read from its own folder, with its budget beside it."""
+    from rnnreg.reporting.tuning import tuning_section
+
+    root = tmp_path / "copied" / "cmp"
+    study = {}
+    for variant, tests in (("zaremba", (110.0, 111.0, 112.0)), ("gal", (120.0, 122.0, 121.0))):
+        for seed, test in enumerate(tests, 1):
+            fake_run(
+                root / variant / "retrain",
+                f"seed{seed}",
+                variant=variant,
+                seed=seed,
+                val=test + 3,
+                test=test,
+            )
+        study[variant] = {
+            "trials": 4,
+            "counted": 4,
+            "states": {"complete": 2, "pruned": 2},
+            "budget_epochs": 1,
+            "pruner": "asha",
+            "best_value": 130.0,
+            "best_params": {"variant.p_input": 0.25},
+            "retrain_seeds": 3,
+            "retrain_dirs": [f"/gone/machine/cmp/{variant}/retrain/seed{s}" for s in (1, 2, 3)],
+        }
+    (root / "study.json").write_text(json.dumps(study))
+    lines, _ = tuning_section(tmp_path / "copied", tmp_path / "figures", "zaremba")
+    rows = {line.split(" | ")[0]: line for line in lines if line.startswith("| ")}
+    assert "| 3 of 3, 3 epochs | 111.00 |" in rows["| zaremba"]
+    assert "| 3 of 3, 3 epochs | 121.00 |" in rows["| gal"]
+    assert "+10.00" in rows["| gal"]

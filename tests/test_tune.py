@@ -20,7 +20,9 @@ from rnnreg.tuning.study import (
     make_pruner,
     open_storage,
     open_study,
+    origin,
     run_status,
+    trial_dir,
     worker_threads,
 )
 
@@ -154,6 +156,7 @@ def test_two_workers_share_the_journal_and_run_exactly_the_trials(
     ]
     result = tune(tmp_path, tiny_data, *args)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "ExperimentalWarning" not in result.stderr  # the journal needs no experimental API
     root = tmp_path / "out" / "tune" / "two"
     t = TuneConfig(name="two", dir=str(root))
     study = open_study(t, "zaremba", open_storage(t, root))
@@ -178,7 +181,8 @@ def test_two_workers_share_the_journal_and_run_exactly_the_trials(
     markdown = build_report(root).read_text()
     section = markdown.split("## Tuned at an equal budget: `two`")[1]
     assert "| zaremba | 5 of 5 (" in section and "| 2 epochs, median |" in section
-    assert "| 2 of 2 |" in section  # both retrained seeds in the comparison
+    assert "| 2 of 2, 40 steps |" in section  # both retrained seeds, and their budget
+    assert "*budget-limited: 40 steps;" in section
     assert "trial_0" not in markdown.split("## Tuned")[0]  # trials are not rows
     assert (root / "report" / "figures" / "tuning_two.png").is_file()
     assert (root / "report" / "figures" / "tuned_two.png").is_file()
@@ -414,3 +418,22 @@ def test_a_retrain_seed_another_worker_holds_is_left_to_it(tmp_path: Path, tiny_
     summary = json.loads((dirs[1] / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["seed"] == 2
     assert summary["config"]["variant"]["p_input"] == pytest.approx(0.1)
+
+
+def test_a_heartbeat_retry_resumes_the_run_directory_of_the_trial_it_retries(
+    tmp_path: Path,
+) -> None:
+    """Optuna's heartbeat callback re-queues a stale trial with its user attributes; the
+    ``run_of`` each trial records as it starts sends the retry to the first run's folder."""
+    study = optuna.create_study()
+    first = study.ask()
+    first.set_user_attr("run_of", origin(first))  # as run_trial's objective does
+    stale = study.trials[0]
+    with pytest.warns(optuna.exceptions.ExperimentalWarning):  # Optuna marks it experimental
+        callback = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3)
+    callback(study, stale)
+    study.tell(first, state=TrialState.FAIL)
+    again = study.ask()
+    assert again.number == 1 and origin(again) == 0
+    assert trial_dir(tmp_path, again) == tmp_path / "trial_0000"
+    assert trial_dir(tmp_path, study.ask()) == tmp_path / "trial_0002"  # a fresh trial: its own

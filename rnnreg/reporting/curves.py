@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from rnnreg.core.files import atomic_write_bytes
+from rnnreg.reporting.axes import plain_log_ticks
 
 REFERENCE = Path(__file__).resolve().parent / "reference"
 
@@ -84,6 +85,7 @@ def draw(
     if paper_val is not None:
         axes.axhline(paper_val, color="grey", linestyle=":", label=f"paper {paper_val:g}")
     axes.set(xlabel="epoch", ylabel="validation perplexity", yscale="log", title=name)
+    plain_log_ticks(axes.yaxis)
     axes.legend()
     figure.tight_layout()
     buffer = io.BytesIO()

@@ -162,7 +162,7 @@ class Run:
         if preset is None:
             return "preset unknown"
         return ", ".join(
-            f"{key}={value}"
+            f"{key}={label_value(value)}"
             for key, value in sorted(self.outcome.items())
             if key in preset and preset[key] != value and key not in BUDGET_SETTINGS
         )
@@ -197,6 +197,13 @@ class Group:
         suffix = EVALUATION_SUFFIX[self.key[4]]
         found = [r.summary.get(f"{name}{suffix}") for r in self.runs]
         return [float(v) for v in found if v is not None and math.isfinite(float(v))]
+
+
+def label_value(value: Any) -> str:
+    """A setting as a label shows it: floats to 4 significant digits (a tuned rate is
+    0.1027, not 0.10272912357197912); labels that then coincide get a digest
+    (:func:`group_runs`), so the rounding never merges two configurations."""
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def find_runs(outputs: Path) -> list[Run]:

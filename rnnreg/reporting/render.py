@@ -9,6 +9,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from rnnreg.reporting.axes import plain_log_ticks
 from rnnreg.reporting.data import (
     REPORT_COLUMNS,
     Group,
@@ -237,9 +238,7 @@ def plot_figures(groups: list[Group], rows: list[dict[str, Any]], out: Path) -> 
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import FuncFormatter, MaxNLocator
-
-    plain = FuncFormatter(lambda value, _: f"{value:.0f}")  # 160, not 1.6 x 10^2
+    from matplotlib.ticker import MaxNLocator
 
     out.mkdir(parents=True, exist_ok=True)
     written = []
@@ -273,8 +272,7 @@ def plot_figures(groups: list[Group], rows: list[dict[str, Any]], out: Path) -> 
             title=f"{dataset} / {model}: validation perplexity (band: min–max over seeds)",
         )
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.yaxis.set_major_formatter(plain)
-        ax.yaxis.set_minor_formatter(plain)
+        plain_log_ticks(ax.yaxis)
         ax.tick_params(axis="y", which="minor", labelsize=7)
         ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))  # off the curves
         written.append(_save(fig, out / f"val_curve_{dataset}_{model}.png"))

@@ -16,6 +16,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from rnnreg.reporting.axes import plain_log_ticks
+from rnnreg.reporting.data import Run, budget_note
 from rnnreg.reporting.significance import compare_to_reference, mean_interval
 
 log = logging.getLogger(__name__)
@@ -75,13 +77,27 @@ def _setting(config: dict[str, Any], key: str) -> Any:
     return node
 
 
-def retrained_tests(record: dict[str, Any]) -> list[float]:
-    tests = []
-    for run_dir in record.get("retrain_dirs", []):
-        s = _summary(Path(run_dir))
+def retrained_runs(root: Path, record: dict[str, Any]) -> list[dict[str, Any]]:
+    """The summaries of a variant's finished retrained seeds. Each is looked for where
+    study.json names it and, failing that, at the same ``<variant>/retrain/seed<s>`` under
+    ``root`` (a comparison copied or moved elsewhere)."""
+    found = []
+    for recorded in map(Path, record.get("retrain_dirs", [])):
+        s = _summary(recorded)
+        if s is None and len(recorded.parts) >= 3:
+            s = _summary(root.joinpath(*recorded.parts[-3:]))
         if s and s.get("status") == "completed" and s.get("test_ppl") is not None:
-            tests.append(float(s["test_ppl"]))
-    return tests
+            found.append(s)
+    return found
+
+
+def retrain_budget(runs: list[dict[str, Any]]) -> tuple[str | None, str | None]:
+    """The retrained seeds' model and budget (``6 epochs``, ``40 steps``; as the report's
+    rows name it), each None where the seeds disagree."""
+    models = {r.get("model") for r in runs}
+    budgets = {Run(Path(str(r.get("run_dir"))), r).budget for r in runs}
+    model = models.pop() if len(models) == 1 else None
+    return model, (budgets.pop() if len(budgets) == 1 else None)
 
 
 def _tuned(params: dict[str, Any] | None) -> str:
@@ -93,45 +109,57 @@ def _tuned(params: dict[str, Any] | None) -> str:
     )
 
 
+def _comparison_row(
+    variant: str, record: dict[str, Any], runs: list[dict[str, Any]], comparisons: dict[str, Any]
+) -> str:
+    """One variant's row: its trials, tuned values and retrained seeds against the reference."""
+    values = [float(r["test_ppl"]) for r in runs]
+    budget = retrain_budget(runs)[1]
+    states = record.get("states", {})
+    interval = mean_interval(values)
+    c = comparisons.get(variant)
+    versus = (
+        ""
+        if c is None
+        else f"{c.difference:+.2f}" + (f" (p = {c.p_holm:.3g})" if c.p_holm is not None else "")
+    )
+    best = record.get("best_value")
+    return (
+        f"| {variant} | {record['counted']} of {record['trials']} "
+        f"({states.get('complete', 0)} / {states.get('pruned', 0)}) "
+        f"| {record['budget_epochs']} epochs, {record['pruner']} "
+        f"| {_tuned(record.get('best_params'))}"
+        f"{f' ({best:.2f})' if best is not None else ''} "
+        f"| {len(values)} of {record['retrain_seeds']}{f', {budget}' if budget else ''} "
+        f"| {f'{statistics.fmean(values):.2f}' if values else ''} "
+        f"| {f'{interval.low:.2f} – {interval.high:.2f}' if interval else '–'} "
+        f"| {versus} |"
+    )
+
+
 def tuning_section(outputs: Path, out: Path, reference: str) -> tuple[list[str], list[Path]]:
     """The report's lines for every comparison found, and its figures."""
     lines: list[str] = []
     figures: list[Path] = []
     for root, study in find_studies(outputs):
-        tests = {variant: retrained_tests(record) for variant, record in study.items()}
+        retrained = {variant: retrained_runs(root, record) for variant, record in study.items()}
+        tests = {v: [float(r["test_ppl"]) for r in runs] for v, runs in retrained.items()}
         ref = reference if reference in tests else next(iter(tests))
         comparisons = {c.variant: c for c in compare_to_reference(tests, ref)}
         lines += [
             "",
             f"## Tuned at an equal budget: `{root.name}` (reference `{ref}`)",
             "",
-            "| variant | trials (complete / pruned) | budget | tuned values (best val ppl) "
-            "| retrained seeds | test ppl | test 95% CI | vs ref (p Holm) |",
+            "| variant | trials (complete / pruned) | budget per trial | tuned values "
+            "(best val ppl) | retrained seeds | test ppl | test 95% CI | vs ref (p Holm) |",
             "|---|---|---|---|---|---|---|---|",
         ]
         for variant, record in study.items():
-            states = record.get("states", {})
-            values = tests[variant]
-            interval = mean_interval(values)
-            c = comparisons.get(variant)
-            versus = (
-                ""
-                if c is None
-                else f"{c.difference:+.2f}"
-                + (f" (p = {c.p_holm:.3g})" if c.p_holm is not None else "")
-            )
-            best = record.get("best_value")
-            lines.append(
-                f"| {variant} | {record['counted']} of {record['trials']} "
-                f"({states.get('complete', 0)} / {states.get('pruned', 0)}) "
-                f"| {record['budget_epochs']} epochs, {record['pruner']} "
-                f"| {_tuned(record.get('best_params'))}"
-                f"{f' ({best:.2f})' if best is not None else ''} "
-                f"| {len(values)} of {record['retrain_seeds']} "
-                f"| {f'{statistics.fmean(values):.2f}' if values else ''} "
-                f"| {f'{interval.low:.2f} – {interval.high:.2f}' if interval else '–'} "
-                f"| {versus} |"
-            )
+            lines.append(_comparison_row(variant, record, retrained[variant], comparisons))
+        model, budget = retrain_budget([r for runs in retrained.values() for r in runs])
+        note = budget_note(model, budget) if model and budget else None
+        if note:
+            lines += ["", f"*{note}.*"]
         for variant, record in study.items():
             if record.get("importances"):
                 ranked = ", ".join(f"{k} {v:.2f}" for k, v in record["importances"].items())
@@ -162,8 +190,10 @@ def plot_trials(root: Path, study: dict[str, Any], path: Path) -> Path:
                 *zip(*cut, strict=True), "o", mfc="none", color=color, label=f"{variant} (pruned)"
             )
     ax.set(xlabel="trial", ylabel="best validation perplexity", yscale="log")
+    plain_log_ticks(ax.yaxis)
     ax.set(title=f"{root.name}: trials (hollow: pruned)")
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:  # a study with no finished trial draws none
+        ax.legend(fontsize=8)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

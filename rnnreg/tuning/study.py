@@ -146,21 +146,26 @@ def run_status(run_dir: Path) -> str | None:
         return None
 
 
+def origin(trial: Any) -> int:
+    """The number of the first trial that ``trial`` retries (its own if none): ``run_of``,
+    which every trial records as it starts and an RDB heartbeat's retry copies with the
+    user attributes, or ``retry_of``, which our re-queued trials carry from the start."""
+    attrs = trial.user_attrs
+    return int(attrs.get("run_of", attrs.get("retry_of", trial.number)))
+
+
 def trial_dir(folder: Path, trial: Any) -> Path:
-    """The run directory of the trial, or of the first trial it retries: ours (``retry_of``)
-    or an RDB heartbeat's (Optuna's retry history), so that a retry resumes the run."""
-    history = optuna.storages.RetryHeartbeatStaleTrialCallback.retry_history(trial)
-    origin = trial.user_attrs.get("retry_of", history[0] if history else trial.number)
-    return folder / f"trial_{origin:04d}"
+    """The run directory of the trial's :func:`origin`, so that a retry resumes the run."""
+    return folder / f"trial_{origin(trial):04d}"
 
 
 def retry(study: optuna.Study, trial: Any, why: str) -> None:
     """Mark ``trial`` failed (``why``) and queue its values again, to resume its run dir."""
     if trial.state is TrialState.RUNNING:
         study.tell(trial.number, state=TrialState.FAIL)
-    origin = trial.user_attrs.get("retry_of", trial.number)
-    study.enqueue_trial(trial.params, user_attrs={"retry_of": origin}, skip_if_exists=False)
-    log.warning("trial %d %s: failed, queued again (resumes %s)", trial.number, why, origin)
+    first = origin(trial)
+    study.enqueue_trial(trial.params, user_attrs={"retry_of": first}, skip_if_exists=False)
+    log.warning("trial %d %s: failed, queued again (resumes %s)", trial.number, why, first)
 
 
 class Surplus(Exception):
@@ -184,6 +189,7 @@ def run_trial(
         current.append(trial.number)
         if counted_or_running(study, below=trial.number) >= t.trials:
             raise Surplus
+        trial.set_user_attr("run_of", origin(trial))  # a heartbeat's retry inherits it
         values = {param.key: param.suggest(trial) for param in space}
         extra = [f"trainer.threads={threads}", "trainer.auto_resume=true"]
         run = run_config(t, variant, values, t.budget, extra)
@@ -192,8 +198,7 @@ def run_trial(
             trial.report(val_ppl, epoch)
             return trial.should_prune()
 
-        frozen = study.get_trials(deepcopy=False)[trial.number]  # with its retry history
-        summary = Trainer(run, trial_dir(folder, frozen), epoch_hook=report).fit()
+        summary = Trainer(run, trial_dir(folder, trial), epoch_hook=report).fit()
         if summary["status"] in ("pruned", "diverged"):
             trial.set_user_attr("ended", summary["status"])
             raise optuna.TrialPruned

@@ -1,0 +1,15 @@
+"""What every perplexity figure's axes share (matplotlib is imported by the caller)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def plain_log_ticks(axis: Any) -> None:
+    """Label a log-scaled perplexity axis in plain numbers, major and minor ticks alike:
+    160, not 1.6 × 10²."""
+    from matplotlib.ticker import FuncFormatter
+
+    plain = FuncFormatter(lambda value, _: f"{value:.0f}")
+    axis.set_major_formatter(plain)
+    axis.set_minor_formatter(plain)
