@@ -12,34 +12,26 @@ confidence max p̄ (rnnreg/evaluation/uncertainty.py has each formula).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 from pathlib import Path
 
 import torch
 
-from rnnreg.cli.rescore import load_run
+from rnnreg.cli.rescore import load_model
 from rnnreg.data.batching import batchify
-from rnnreg.data.corpus import load_corpus
 from rnnreg.evaluation.mc import evaluate_mc
 from rnnreg.evaluation.uncertainty import UncertaintyMeter, auroc
-from rnnreg.model.lm import LanguageModel
 
 CONFIDENCE_BINS = ((0.0, 0.1), (0.1, 0.2), (0.2, 0.4), (0.4, 0.7), (0.7, 1.01))
 
 
-def per_token(run_dir: Path, tokens: int, samples: int) -> dict[str, torch.Tensor]:
+def per_token(run_dir: Path, tokens: int, samples: int, threads: int) -> dict[str, torch.Tensor]:
     """Confidence, correctness and MI of each of the first ``tokens`` validation words."""
-    run, weights = load_run(run_dir, [])
-    corpus = load_corpus(run.dataset)
-    model_cfg = dataclasses.replace(run.model, compile=False)
-    model = LanguageModel(corpus.vocab_size, model_cfg, run.variant, run.trainer.precision)
-    model.load_state_dict(weights)
+    _, corpus, model = load_model(run_dir, [], threads)
     meter = UncertaintyMeter()
     torch.manual_seed(0)
     evaluate_mc(model, batchify(corpus.valid[: tokens + 1], 20), 35, samples, meter=meter)
-    t = {name: torch.cat(parts) for name, parts in meter.parts.items()}
-    mi = (t["entropy"] - t["expected_entropy"]).clamp(min=0)
-    return {"confidence": t["confidence"], "error": t["correct"] == 0, "mi": mi}
+    t = meter.tokens()
+    return {"confidence": t["confidence"], "error": t["correct"] == 0, "mi": t["mi"]}
 
 
 def describe(name: str, t: dict[str, torch.Tensor]) -> list[str]:
@@ -67,9 +59,9 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=20)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
     for run_dir in args.runs:
-        print("\n".join(describe(run_dir.name, per_token(run_dir, args.tokens, args.samples))))
+        found = per_token(run_dir, args.tokens, args.samples, args.threads)
+        print("\n".join(describe(run_dir.name, found)))
 
 
 if __name__ == "__main__":

@@ -73,6 +73,23 @@ def load_run(run_dir: Path, overrides: list[str]) -> tuple[RunConfig, dict[str, 
     return run, last["model"]
 
 
+def load_model(
+    run_dir: Path, overrides: list[str], threads: int | None = None
+) -> tuple[RunConfig, Corpus, LanguageModel]:
+    """The run's config, its corpus and its tested weights in an eager model in eval mode,
+    on ``threads`` torch threads (default: the run's ``trainer.threads``)."""
+    run, weights = load_run(run_dir, overrides)
+    if threads or run.trainer.threads:
+        torch.set_num_threads(threads or run.trainer.threads)
+    corpus = load_corpus(run.dataset)
+    model_cfg = dataclasses.replace(run.model, compile=False)
+    apply_precision(run.trainer.precision)
+    model = LanguageModel(corpus.vocab_size, model_cfg, run.variant, run.trainer.precision)
+    model.load_state_dict(weights)
+    model.eval()
+    return run, corpus, model
+
+
 def _timed(fn: Any, *args: Any, **kwargs: Any) -> tuple[Any, float]:
     start = time.perf_counter()
     result = fn(*args, **kwargs)
@@ -84,15 +101,7 @@ def rescore(
 ) -> dict[str, Any]:
     """Every evaluation asked for, of the run's tested weights, recorded in ``run_dir``;
     on ``threads`` torch threads (default: the run's ``trainer.threads``)."""
-    run, weights = load_run(run_dir, overrides)
-    if threads or run.trainer.threads:
-        torch.set_num_threads(threads or run.trainer.threads)
-    corpus = load_corpus(run.dataset)
-    model_cfg = dataclasses.replace(run.model, compile=False)
-    apply_precision(run.trainer.precision)
-    model = LanguageModel(corpus.vocab_size, model_cfg, run.variant, run.trainer.precision)
-    model.load_state_dict(weights)
-    model.eval()
+    run, corpus, model = load_model(run_dir, overrides, threads)
     streams = {"val": batchify(corpus.valid, 1), "test": batchify(corpus.test, 1)}
     e = run.eval
     out: dict[str, Any] = {"rescored_weights": e.test_weights.value, "eval_tokens_per_s": {}}

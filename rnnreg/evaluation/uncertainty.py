@@ -111,10 +111,18 @@ class UncertaintyMeter:
         if expected_entropy is not None:
             self._keep("expected_entropy", expected_entropy)
 
+    def tokens(self) -> dict[str, torch.Tensor]:
+        """The split's per-token numbers, on the CPU; with MC samples also
+        ``mi`` = H[p̄] − E_k H[p_k]."""
+        t = {name: torch.cat(values).cpu() for name, values in self.parts.items()}
+        if "expected_entropy" in t:
+            t["mi"] = (t["entropy"] - t["expected_entropy"]).clamp(min=0)  # ≥ 0 but rounding
+        return t
+
     def results(self) -> tuple[dict[str, float | None], dict[str, list[float]]]:
         """The split's metrics (keys as in summary.json, before the split's prefix) and its
         reliability bins."""
-        t = {name: torch.cat(values).cpu() for name, values in self.parts.items()}
+        t = self.tokens()
         errors = t["correct"] == 0
         out: dict[str, float | None] = {
             "acc": float(t["correct"].mean()),
@@ -124,9 +132,8 @@ class UncertaintyMeter:
             "auroc_maxprob": auroc(-t["confidence"], errors),
             "auroc_entropy": auroc(t["entropy"], errors),
         }
-        if "expected_entropy" in t:
-            mi = (t["entropy"] - t["expected_entropy"]).clamp(min=0)  # ≥ 0 but for rounding
+        if "mi" in t:
             out["expected_entropy"] = float(t["expected_entropy"].double().mean())
-            out["mi"] = float(mi.double().mean())
-            out["auroc_mi"] = auroc(mi, errors)
+            out["mi"] = float(t["mi"].double().mean())
+            out["auroc_mi"] = auroc(t["mi"], errors)
         return out, reliability(t["confidence"], t["correct"])
