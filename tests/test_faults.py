@@ -19,6 +19,7 @@ import pytest
 from conftest import DEVICES
 
 from rnnreg import RnnregError
+from rnnreg.core.files import remove_orphaned_temporaries
 from rnnreg.records.checkpoint import LAST, load_checkpoint, previous_checkpoint
 from rnnreg.training.trainer import Trainer
 from tests.conftest import at_step
@@ -31,6 +32,11 @@ FINAL = ("status", "best_val_ppl", "best_epoch", "test_ppl", "test_ppl_best", "t
 def rows(run_dir: Path) -> list[tuple[str, ...]]:
     with open(run_dir / "metrics.csv", newline="") as handle:
         return [tuple(row[k] for k in REPRODUCED) for row in csv.DictReader(handle)]
+
+
+def orphans(run_dir: Path) -> list[Path]:
+    """Temporary files a killed write left in the run's checkpoints folder."""
+    return sorted((run_dir / "checkpoints").glob(".*.tmp"))
 
 
 def final(run_dir: Path) -> dict:
@@ -151,6 +157,18 @@ def test_a_full_disk_is_one_line_and_leaves_no_half_written_file(
     assert ckpt["epochs_done"] == 1
 
 
+def test_only_other_processes_temporaries_are_removed(tmp_path: Path) -> None:
+    """What a killed write left is deleted; this process's own write in flight is kept."""
+    orphan = tmp_path / ".last.pt.4194304.tmp"
+    own = tmp_path / f".best.pt.{os.getpid()}.tmp"
+    kept = tmp_path / "last.pt"
+    for path in (orphan, own, kept):
+        path.write_bytes(b"x")
+    assert remove_orphaned_temporaries(tmp_path) == [orphan]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([own.name, kept.name])
+    assert remove_orphaned_temporaries(tmp_path / "none") == []  # no folder yet
+
+
 @pytest.mark.slow
 def test_an_unwritable_output_folder_is_one_line(python, tmp_path: Path, tiny_data) -> None:
     from tests.test_cli_errors import TINY, assert_one_error_line, run_cli
@@ -260,6 +278,8 @@ def test_kill_9_anywhere_then_resume_gives_the_same_numbers(
     process.stderr.close()
     assert process.returncode == -signal.SIGKILL
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "running"
+    if point.startswith("checkpoint"):  # killed mid-write: the half-written file is left
+        assert orphans(run_dir)
 
     resumed = _train(
         python_module,
@@ -271,6 +291,7 @@ def test_kill_9_anywhere_then_resume_gives_the_same_numbers(
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert rows(run_dir) == rows(reference_run)
     assert final(run_dir) == final(reference_run)
+    assert not orphans(run_dir)  # the resumed run deleted it
 
 
 @pytest.mark.slow

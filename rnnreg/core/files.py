@@ -51,6 +51,27 @@ def atomic_write_bytes(path: Path, payload: bytes, keep_previous: Path | None = 
         ) from exc
 
 
+def remove_orphaned_temporaries(folder: Path) -> list[Path]:
+    """Delete the temporary files (``.<name>.<pid>.tmp``) that :func:`atomic_write_bytes`
+    left in ``folder`` when its process was killed mid-write; return what was deleted.
+
+    Call it only while holding the folder's run lock (rnnreg/core/process.py
+    ``exclusive_run``): then no other process can be writing there, and every temporary
+    file not of this process is an orphan. A checkpoint's orphan is as big as the
+    checkpoint, so each kill during a write would otherwise leave one behind for good.
+    """
+    removed = []
+    for tmp in folder.glob(".*.tmp") if folder.is_dir() else ():
+        if tmp.name.endswith(f".{os.getpid()}.tmp"):
+            continue
+        try:
+            tmp.unlink()
+        except OSError:  # gone already, or not ours to delete: leave it
+            continue
+        removed.append(tmp)
+    return removed
+
+
 def _sync_folder(folder: Path) -> None:
     try:
         fd = os.open(folder, os.O_RDONLY)

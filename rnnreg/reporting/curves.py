@@ -3,6 +3,9 @@
 a published log gives one, next to the authors' own curve, epoch by epoch.
 
     difference_e = 100 (ours_e − log_e) / log_e     for every epoch e both have
+
+for the validation perplexity, and for the training perplexity (with dropout on) where
+the log gives one.
 """
 
 from __future__ import annotations
@@ -32,12 +35,14 @@ def keep_metrics(run_dir: Path, results: Path, name: str) -> Path | None:
     return target
 
 
-def read_curve(path: Path) -> dict[int, float]:
-    """``{epoch: val_ppl}`` of a metrics.csv or a ``curve_*.csv``."""
+def read_curve(path: Path, column: str = "val_ppl") -> dict[int, float]:
+    """``{epoch: column}`` of a metrics.csv or a ``curve_*.csv``; epochs whose cell is
+    empty (or a file without the column) are left out."""
     if not path.is_file():
         return {}
     with open(path, newline="") as handle:
-        return {int(row["epoch"]): float(row["val_ppl"]) for row in csv.DictReader(handle)}
+        rows = list(csv.DictReader(handle))
+    return {int(row["epoch"]): float(row[column]) for row in rows if row.get(column)}
 
 
 def experiment_of(entry: dict[str, Any]) -> str | None:
@@ -48,24 +53,39 @@ def experiment_of(entry: dict[str, Any]) -> str | None:
     return None
 
 
-def reference_curve(entry: dict[str, Any]) -> dict[int, float]:
+def reference_curve(entry: dict[str, Any], column: str = "val_ppl") -> dict[int, float]:
     """The published curve of the entry's preset (``reference/curve_<name>.csv`` here)."""
     experiment = experiment_of(entry)
-    return read_curve(REFERENCE / f"curve_{experiment}.csv") if experiment else {}
+    return read_curve(REFERENCE / f"curve_{experiment}.csv", column) if experiment else {}
 
 
-def comparison_lines(name: str, ours: dict[int, float], log: dict[int, float]) -> list[str]:
-    """A Markdown table: epoch, the log's validation perplexity, ours, the difference."""
-    lines = [
-        f"### `{name}` against its published log",
-        "",
-        "| epoch | log val | ours val | difference |",
-        "|---:|---:|---:|---:|",
-    ]
-    for epoch in sorted(ours):
-        if epoch in log:
-            diff = 100 * (ours[epoch] - log[epoch]) / log[epoch]
-            lines.append(f"| {epoch} | {log[epoch]:.2f} | {ours[epoch]:.2f} | {diff:+.1f}% |")
+def _cells(epoch: int, ours: dict[int, float], log: dict[int, float]) -> str:
+    """``log | ours | difference`` of one epoch, dashes where either lacks it."""
+    if epoch not in ours or epoch not in log:
+        return "– | – | –"
+    diff = 100 * (ours[epoch] - log[epoch]) / log[epoch]
+    return f"{log[epoch]:.2f} | {ours[epoch]:.2f} | {diff:+.1f}%"
+
+
+def comparison_lines(
+    name: str,
+    ours: dict[int, float],
+    log: dict[int, float],
+    ours_train: dict[int, float] | None = None,
+    log_train: dict[int, float] | None = None,
+) -> list[str]:
+    """A Markdown table: epoch, the log's validation perplexity, ours, the difference;
+    and the same for the training perplexity when the log has it."""
+    train = bool(log_train)
+    head, rule = "| epoch | log val | ours val | difference |", "|---:|---:|---:|---:|"
+    if train:
+        head, rule = head + " log train | ours train | difference |", rule + "---:|---:|---:|"
+    lines = [f"### `{name}` against its published log", "", head, rule]
+    for epoch in sorted(e for e in ours if e in log):
+        row = f"| {epoch} | {_cells(epoch, ours, log)} |"
+        if train:
+            row += f" {_cells(epoch, ours_train or {}, log_train or {})} |"
+        lines.append(row)
     return lines
 
 
@@ -109,7 +129,9 @@ def curve_section(
         path = draw(name, ours, log, paper_vals.get(name), results / "figures" / f"{name}.png")
         figures.append(f"![{name}]({path.relative_to(results).as_posix()})")
         if log:
-            tables += ["", *comparison_lines(name, ours, log)]
+            metrics = entry_folder(results, name) / "metrics.csv"
+            train = (read_curve(metrics, "train_ppl"), reference_curve(entries[name], "train_ppl"))
+            tables += ["", *comparison_lines(name, ours, log, *train)]
     if not figures:
         return []
     lines = [
@@ -117,7 +139,8 @@ def curve_section(
         "## Curves",
         "",
         "Validation perplexity per epoch from each entry's `runs/<name>/metrics.csv`, beside "
-        "the paper's final number and, where the authors published a log, their curve.",
+        "the paper's final number and, where the authors published a log, their curve "
+        "(its training perplexity is defined in rnnreg/reporting/reference/README.md).",
         "",
     ]
     return lines + figures + tables

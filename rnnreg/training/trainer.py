@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from rnnreg.config.schema import Averaging, RunConfig, Stage, as_plain_dict
+from rnnreg.core.files import remove_orphaned_temporaries
 from rnnreg.core.precision import apply_precision
 from rnnreg.core.process import StopRequest, exclusive_run
 from rnnreg.core.runtime import seed_everything, select_device
@@ -234,6 +235,8 @@ class Trainer:
             log.info("%s already completed with this configuration; nothing to do", self.run_dir)
             return done
         resumed = should_resume(self.run_dir, t.resume, t.auto_resume)
+        for orphan in remove_orphaned_temporaries(self.ckpt_dir):  # the lock is held
+            log.info("removed %s, left by a process killed while writing it", orphan.name)
         if resumed:
             self.restore()
         elif t.stage is Stage.finetune:
