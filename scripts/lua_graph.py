@@ -4,7 +4,7 @@
 
 An independent second implementation of the graph and loop of the Lua script
 (yaringal/BayesianRNN, ``LM_code/main_new_dropout_SOTA.lua``; the settings of
-``conf/experiment/gal_large_log.yaml``), sharing nothing with ``rnnreg`` but the PTB files:
+``conf/experiment/gal_large_log.yaml``), whose model and training share nothing with ``rnnreg``:
 its own vocabulary (first occurrence, as ``data.lua``), its own batching (``replicate``),
 one pair of weight matrices per gate (``i2h[k]``, ``h2h[k]``, each with its bias, as the
 script's ``nn.Linear`` per gate), autograd's backward and the script's update. Per
@@ -19,30 +19,30 @@ script's ``nn.Linear`` per gate), autograd's backward and the script's update. P
 
 It prints the log's ring-buffer statistic and, between two of the log's prints, the mean
 window perplexity ``scripts/first_steps.py`` derives from them, beside the log's; with
-``--out`` every window's loss goes to a CSV as it is computed. If this curve follows
-ours and not the log's, the difference lies outside what the script's text says.
+``--out`` every window's loss goes to a CSV. The log's statistic and its reading are
+``scripts/first_steps.py``'s; the model and its training share nothing with rnnreg.
+If this curve follows ours and not the log's, the difference lies outside what the
+script's text says.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import math
 import os
-import sys
 import time
 from pathlib import Path
+from typing import TextIO
 
 import torch
 import torch.nn.functional as F
+from first_steps import interval_perplexity, log_steps, ring_perplexity  # same folder
 
 HIDDEN, LAYERS, BATCH, BPTT, VOCAB = 1250, 2, 20, 35, 10000
 P_X, P_I, P_H, P_O = 0.3, 0.5, 0.3, 0.5
 INIT, LR, CLIP, WEIGHT_DECAY = 0.04, 1.0, 10.0, 1e-7
-RING = 1327  # floor(46479 rows / 35): the script's epoch_size
-LOG_STEPS = (
-    Path(__file__).resolve().parents[1] / "rnnreg/reporting/reference/steps_gal_large_log.csv"
-)
 
 
 def train_matrix(path: Path) -> torch.Tensor:
@@ -135,40 +135,47 @@ def main() -> None:
     theta = parameters(generator)
     zeros = torch.zeros(BATCH, HIDDEN)
     state = [(zeros, zeros) for _ in range(LAYERS)]
-    with open(LOG_STEPS, newline="") as handle:
-        log = {int(r["step"]): float(r["train_perp"]) for r in csv.DictReader(handle)}
-    sink = open(args.out, "w", newline="") if args.out else None  # noqa: SIM115
-    writer = csv.writer(sink) if sink else None
-    if writer:
-        writer.writerow(["step", "loss", "grad_norm"])
+    log = {step: perp for step, (perp, _) in log_steps().items()}
+    with contextlib.ExitStack() as stack:
+        sink = stack.enter_context(open(args.out, "w", newline="")) if args.out else None
+        if sink is not None:
+            csv.writer(sink).writerow(["step", "loss", "grad_norm"])
+        train(theta, data, state, generator, args.steps, log, sink)
+
+
+def train(
+    theta: dict[str, torch.Tensor],
+    data: torch.Tensor,
+    state: list[tuple[torch.Tensor, torch.Tensor]],
+    generator: torch.Generator,
+    steps: int,
+    log: dict[int, float],
+    sink: TextIO | None,
+) -> None:
+    """The script's loop for ``steps`` windows, printing at the log's steps; each window's
+    loss goes to ``sink`` (flushed, so a killed run keeps what it computed)."""
+    writer = csv.writer(sink) if sink is not None else None
     losses: list[float] = []
     last, start = None, time.monotonic()
-    for step in range(1, args.steps + 1):
-        rows = slice((step - 1) * BPTT, step * BPTT + 1)
-        tokens = data[rows]
+    for step in range(1, steps + 1):
+        tokens = data[(step - 1) * BPTT : step * BPTT + 1]
         loss, state = window_loss(theta, tokens[:-1], tokens[1:], state, generator)
         loss.backward()
         norm = update(theta)
         losses.append(loss.item() / BPTT)
-        if writer and sink:
+        if writer is not None and sink is not None:
             writer.writerow([step, f"{losses[-1]:.6f}", f"{norm:.4f}"])
             sink.flush()
         if step not in log:
             continue
-        ring = math.exp(((RING - step) * losses[0] + sum(losses)) / RING)
-        line = f"{step} | ring {ring:.1f} / log {log[step]:.1f}"
+        line = f"{step} | ring {ring_perplexity(losses):.1f} / log {log[step]:.1f}"
         if last is not None:
             ours = math.exp(sum(losses[last:]) / (step - last))
-            theirs = math.exp(
-                RING * (math.log(log[step]) - math.log(log[last])) / (step - last) + losses[0]
-            )
+            theirs = interval_perplexity(losses[0], (last, log[last]), (step, log[step]))
             change = 100 * (ours / theirs - 1)
             line += f" | ({last}, {step}]: {ours:.1f} / {theirs:.1f} ({change:+.1f}%)"
         print(f"{line} | grad norm {norm:.2f} | {time.monotonic() - start:.0f} s", flush=True)
         last = step
-    if sink:
-        sink.close()
-    sys.exit(0)
 
 
 if __name__ == "__main__":
