@@ -3,9 +3,23 @@
 from __future__ import annotations
 
 import json
+import math
+import random
 from pathlib import Path
 
+import pytest
+
 from rnnreg.reporting.ledger import difference, entry_from_run, record, verdict, write_table
+from rnnreg.reporting.lua_validation import lua_windows, per_token_from_printed
+
+#: PTB validation rows at batch 20 less one (3,688 - 1): the steps run_valid() can predict.
+LUA_STEPS = 73_760 // 20 - 1
+
+
+def lua_per_token(printed: float, bptt: int) -> float:
+    """printed ** (L / floor(L)), L = LUA_STEPS / bptt, written out apart from the module."""
+    windows = LUA_STEPS / bptt
+    return printed ** (windows / math.floor(windows))
 
 
 def fake_run(root: Path, status: str, val: float, test: float | None, epochs: int) -> Path:
@@ -75,7 +89,10 @@ def test_record_and_table(tmp_path: Path) -> None:
     text = write_table(results).read_text()
     finished, in_progress = text.split("## In progress")
     row = next(line for line in finished.splitlines() if "zaremba_medium_s1" in line)
-    assert "86.2 / 82.7 Zaremba2014" in row and "+0.3% / +0.2%" in row
+    # Zaremba's 86.2 was printed by main.lua's run_valid() (bptt 35): 87.45 per token
+    paper = lua_per_token(86.2, 35)
+    assert f"{paper:.1f} (printed 86.2) / 82.7 Zaremba2014" in row
+    assert f"{100 * (86.5 - paper) / paper:+.1f}% / +0.2%" in row
     assert "within 2%" in row and "final; best-val 83.40, final 82.90" in row
     assert "| input 0.5, between 0.5, output 0.5 |" in row  # the rates, zeros left out
     far_row = next(line for line in finished.splitlines() if "zaremba_medium_far" in line)
@@ -123,7 +140,8 @@ def test_mc_row_beside_the_papers_mc_number(tmp_path: Path) -> None:
     assert "– / 78.6 Gal2016 (MC dropout 1000 samples)" in mc_row
     assert "+1.0%" in mc_row and "within 2%" in mc_row
     standard = next(line for line in text.splitlines() if "| standard |" in line)
-    assert "81.9 / 79.7 Gal2016" in standard and "1000 samples" not in standard
+    assert f"{lua_per_token(81.9, 35):.1f} (printed 81.9) / 79.7 Gal2016" in standard
+    assert "1000 samples" not in standard
 
 
 def test_each_entry_keeps_its_curve_and_a_logged_preset_is_compared_epoch_by_epoch(
@@ -141,8 +159,35 @@ def test_each_entry_keeps_its_curve_and_a_logged_preset_is_compared_epoch_by_epo
     readme = write_table(results).read_text()
     assert "![gal_large_log_s1](figures/gal_large_log_s1.png)" in readme
     assert (results / "figures" / "gal_large_log_s1.png").read_bytes()[:4] == b"\x89PNG"
-    # epoch 1: ours 291 (val + epochs - epoch) against the log's 292.797
+    # epoch 1: ours 291 (val + epochs - epoch) against the log's 292.797 as printed, which
+    # is lua_per_token(292.797, 35) = 298.28 per token
     # train: ours 100 at every epoch; the log has none for epoch 1 (its ring buffer then
     # leaves out the first steps ours includes), 303.823 for epoch 2
-    assert "| 1 | 292.80 | 291.00 | -0.6% | – | – | – |" in readme
-    assert "| 2 | 197.63 | 290.00 | +46.7% | 303.82 | 100.00 | -67.1% |" in readme
+    one, two = lua_per_token(292.797, 35), lua_per_token(197.633, 35)
+    assert f"| 1 | 292.80 | {one:.2f} | 291.00 | {100 * (291 - one) / one:+.1f}% |" in readme
+    assert f"| 2 | 197.63 | {two:.2f} | 290.00 | {100 * (290 - two) / two:+.1f}% |" in readme
+    assert "| 303.82 | 100.00 | -67.1% |" in readme
+
+
+@pytest.mark.parametrize("bptt", [20, 35])
+def test_the_lua_validation_figure_converts_to_the_per_token_perplexity(bptt: int) -> None:
+    """run_valid() of Zaremba's and Gal's Lua scripts, step by step: ``for i = 1, len``
+    with len = (rows - 1) / bptt a fraction visits floor(len) windows, and the sum of their
+    mean losses is divided by len. The conversion gives back exp(mean window loss), the
+    perplexity of every token those full windows predict."""
+    rng = random.Random(bptt)
+    windows = LUA_STEPS / bptt
+    assert lua_windows(bptt) == windows and windows != math.floor(windows)
+    losses, i = [], 1
+    while i <= windows:  # Lua's numeric for: i = 1, 2, ... while i <= len
+        losses.append(rng.uniform(4.0, 6.0))
+        i += 1
+    printed = math.exp(sum(losses) / windows)
+    per_token = math.exp(sum(losses) / len(losses))
+    assert printed < per_token
+    assert per_token_from_printed(printed, bptt) == pytest.approx(per_token, rel=1e-12)
+
+
+def test_lua_windows_refuses_an_empty_split() -> None:
+    with pytest.raises(ValueError, match="bptt=0"):
+        lua_windows(0)

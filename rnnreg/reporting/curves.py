@@ -5,7 +5,9 @@ a published log gives one, next to the authors' own curve, epoch by epoch.
     difference_e = 100 (ours_e − log_e) / log_e     for every epoch e both have
 
 for the validation perplexity, and for the training perplexity (with dropout on) where
-the log gives one.
+the log gives one. A log whose validation perplexity the Lua scripts' run_valid()
+printed (column ``lua_valid_bptt``) is compared per token, printed ** (L / ⌊L⌋)
+(rnnreg/reporting/lua_validation.py); the printed number stands beside it.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 
 from rnnreg.core.files import atomic_write_bytes
 from rnnreg.reporting.axes import plain_log_ticks
+from rnnreg.reporting.lua_validation import per_token_from_printed
 
 REFERENCE = Path(__file__).resolve().parent / "reference"
 
@@ -54,9 +57,20 @@ def experiment_of(entry: dict[str, Any]) -> str | None:
 
 
 def reference_curve(entry: dict[str, Any], column: str = "val_ppl") -> dict[int, float]:
-    """The published curve of the entry's preset (``reference/curve_<name>.csv`` here)."""
+    """The published curve of the entry's preset (``reference/curve_<name>.csv`` here), as
+    printed."""
     experiment = experiment_of(entry)
     return read_curve(REFERENCE / f"curve_{experiment}.csv", column) if experiment else {}
+
+
+def per_token_curve(entry: dict[str, Any]) -> dict[int, float]:
+    """The published validation curve per token: where the Lua scripts printed an epoch
+    (its ``lua_valid_bptt``), printed ** (L / ⌊L⌋); else the number as printed."""
+    printed, bptt = reference_curve(entry), reference_curve(entry, "lua_valid_bptt")
+    return {
+        epoch: per_token_from_printed(value, int(bptt[epoch])) if epoch in bptt else value
+        for epoch, value in printed.items()
+    }
 
 
 def _cells(epoch: int, ours: dict[int, float], log: dict[int, float]) -> str:
@@ -73,16 +87,24 @@ def comparison_lines(
     log: dict[int, float],
     ours_train: dict[int, float] | None = None,
     log_train: dict[int, float] | None = None,
+    log_printed: dict[int, float] | None = None,
 ) -> list[str]:
-    """A Markdown table: epoch, the log's validation perplexity, ours, the difference;
-    and the same for the training perplexity when the log has it."""
+    """A Markdown table: epoch, the log's validation perplexity (as printed, and per token
+    when ``log_printed`` differs from ``log``), ours, the difference to ``log``; and the same
+    for the training perplexity when the log has it."""
     train = bool(log_train)
+    printed = log_printed is not None and log_printed != log
     head, rule = "| epoch | log val | ours val | difference |", "|---:|---:|---:|---:|"
+    if printed:
+        head = "| epoch | log val printed | log val per token | ours val | difference |"
+        rule += "---:|"
     if train:
         head, rule = head + " log train | ours train | difference |", rule + "---:|---:|---:|"
     lines = [f"### `{name}` against its published log", "", head, rule]
     for epoch in sorted(e for e in ours if e in log):
         row = f"| {epoch} | {_cells(epoch, ours, log)} |"
+        if printed:
+            row = f"| {epoch} | {(log_printed or {})[epoch]:.2f} | {_cells(epoch, ours, log)} |"
         if train:
             row += f" {_cells(epoch, ours_train or {}, log_train or {})} |"
         lines.append(row)
@@ -101,7 +123,7 @@ def draw(
     figure, axes = plt.subplots(figsize=(6.4, 3.6))
     axes.plot(list(ours), list(ours.values()), marker="o", markersize=3, label="ours")
     if log:
-        axes.plot(list(log), list(log.values()), linestyle="--", label="authors' log")
+        axes.plot(list(log), list(log.values()), linestyle="--", label="authors' log, per token")
     if paper_val is not None:
         axes.axhline(paper_val, color="grey", linestyle=":", label=f"paper {paper_val:g}")
     axes.set(xlabel="epoch", ylabel="validation perplexity", yscale="log", title=name)
@@ -125,13 +147,14 @@ def curve_section(
         ours = read_curve(entry_folder(results, name) / "metrics.csv")
         if not ours:
             continue
-        log = reference_curve(entries[name])
+        log = per_token_curve(entries[name])
         path = draw(name, ours, log, paper_vals.get(name), results / "figures" / f"{name}.png")
         figures.append(f"![{name}]({path.relative_to(results).as_posix()})")
         if log:
             metrics = entry_folder(results, name) / "metrics.csv"
             train = (read_curve(metrics, "train_ppl"), reference_curve(entries[name], "train_ppl"))
-            tables += ["", *comparison_lines(name, ours, log, *train)]
+            printed = reference_curve(entries[name])
+            tables += ["", *comparison_lines(name, ours, log, *train, log_printed=printed)]
     if not figures:
         return []
     lines = [
@@ -139,8 +162,10 @@ def curve_section(
         "## Curves",
         "",
         "Validation perplexity per epoch from each entry's `runs/<name>/metrics.csv`, beside "
-        "the paper's final number and, where the authors published a log, their curve "
-        "(its training perplexity is defined in rnnreg/reporting/reference/README.md).",
+        "the paper's final validation number and, where the authors published a log, their "
+        "curve, both per token (a number the Lua scripts printed is converted: "
+        "rnnreg/reporting/lua_validation.py; the log's training perplexity is defined in "
+        "rnnreg/reporting/reference/README.md).",
         "",
     ]
     return lines + figures + tables

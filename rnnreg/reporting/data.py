@@ -21,6 +21,7 @@ from typing import Any
 
 from rnnreg import RnnregError
 from rnnreg.config.schema import GROUPS, group_options, outcome_settings
+from rnnreg.reporting.lua_validation import per_token_from_printed
 from rnnreg.reporting.significance import Comparison, compare_to_reference, mean_interval
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,7 @@ REPORT_COLUMNS = (
     "params",
     "paper",
     "paper_val",
+    "paper_val_printed",
     "paper_test",
     "paper_confidence",
     "test_minus_paper",
@@ -311,6 +313,17 @@ def published_for(key: Key, rows: list[dict[str, str]]) -> dict[str, str] | None
     return None
 
 
+def paper_val(row: dict[str, str] | None) -> float | None:
+    """A published row's validation perplexity per token, the quantity ours is: the number
+    as printed, or, where the Lua scripts' run_valid() printed it (``lua_valid_bptt``
+    set), printed ** (L / ⌊L⌋) (rnnreg/reporting/lua_validation.py)."""
+    if not row or not row.get("val_ppl"):
+        return None
+    printed = float(row["val_ppl"])
+    bptt = row.get("lua_valid_bptt")
+    return per_token_from_printed(printed, int(bptt)) if bptt else printed
+
+
 def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
     """Mean and sample standard deviation; no deviation from a single run."""
     if not values:
@@ -330,7 +343,6 @@ def summarise(group: Group, published: list[dict[str, str]]) -> dict[str, Any]:
     seeds = sorted({r.summary.get("seed") for r in group.runs}, key=str)
     twice = sorted({r.summary.get("seed") for r in group.duplicates}, key=str)
     paper_test = float(paper["test_ppl"]) if paper and paper["test_ppl"] else None
-    paper_val = float(paper["val_ppl"]) if paper and paper["val_ppl"] else None
     return {
         "dataset": group.key[0],
         "model": group.key[1],
@@ -362,7 +374,8 @@ def summarise(group: Group, published: list[dict[str, str]]) -> dict[str, Any]:
         "params": group.runs[0].summary.get("params"),
         **{f"test_{m}": _mean_std(group.values(f"test_{m}"))[0] for m in CALIBRATION},
         "paper": paper["paper"] if paper else None,
-        "paper_val": paper_val,
+        "paper_val": paper_val(paper),
+        "paper_val_printed": float(paper["val_ppl"]) if paper and paper["val_ppl"] else None,
         "paper_test": paper_test,
         "paper_confidence": paper["confidence"] if paper else None,
         "test_minus_paper": (test_mean - paper_test)

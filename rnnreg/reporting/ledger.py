@@ -11,6 +11,8 @@ with its epoch, current validation perplexity and projected finish. ``table`` wr
 the difference in percent and a verdict:
 
     difference = 100 (ours - paper) / paper
+    paper's validation = per token: a number the Lua scripts printed is converted
+                         exactly (rnnreg/reporting/lua_validation.py)
     within the band: |difference| <= 2% (3% for rows the papers give as low confidence)
 
 A row outside the band carries its written cause (``--note``), or says that none was
@@ -34,6 +36,8 @@ from rnnreg import PROJECT_ROOT, RnnregError, error_exit
 from rnnreg.config.schema import EXECUTION_SETTINGS
 from rnnreg.core.files import atomic_write_bytes
 from rnnreg.reporting.curves import curve_section, keep_metrics
+from rnnreg.reporting.data import paper_val
+from rnnreg.reporting.lua_validation import val_cell
 from rnnreg.reporting.report import Run, load_published, published_for
 
 RESULTS = PROJECT_ROOT / "results"
@@ -220,6 +224,20 @@ def _pct(value: float | None) -> str:
     return "–" if value is None else f"{value:+.1f}%"
 
 
+def paper_cell(paper: dict[str, str], mc: bool) -> str:
+    """``val / test source``: the validation perplexity per token, with the printed one
+    where the Lua scripts printed it (rnnreg/reporting/lua_validation.py); the MC rows add
+    the paper's sample count."""
+    printed = float(paper["val_ppl"]) if paper.get("val_ppl") else None
+    p_test = float(paper["test_ppl"]) if paper.get("test_ppl") else None
+    low = " (low confidence)" if paper.get("confidence") == "low" else ""
+    source = f"{paper.get('paper', '')}{low}"
+    cell = f"{val_cell(paper_val(paper), printed)} / {_num(p_test, 1)} {source}"
+    if mc and paper.get("note"):
+        cell += f" ({paper['note']})"  # the paper's sample count
+    return cell
+
+
 def table_rows(entries: dict[str, dict[str, Any]]) -> list[list[str]]:
     """One row per finished entry and evaluation (standard, and MC when measured)."""
     published = load_published()
@@ -231,14 +249,13 @@ def table_rows(entries: dict[str, dict[str, Any]]) -> list[list[str]]:
         for evaluation in evaluations:
             key = (e["dataset"], e["model"], e["variant"], "", evaluation, "")
             paper = published_for(key, published) or {}
-            p_val = float(paper["val_ppl"]) if paper.get("val_ppl") else None
+            p_val = paper_val(paper)
             p_test = float(paper["test_ppl"]) if paper.get("test_ppl") else None
             mc = evaluation == "mc"
             ours_val = e.get("val_ppl_mc") if mc else e.get("best_val_ppl")
             ours_test = e.get("test_ppl_mc") if mc else e.get("test_ppl")
             d_val, d_test = difference(ours_val, p_val), difference(ours_test, p_test)
             confidence = paper.get("confidence", "")
-            low = " (low confidence)" if confidence == "low" else ""
             test_cell = _num(ours_test)
             if not mc and e.get("test_ppl_best") is not None:
                 test_cell += (
@@ -247,9 +264,6 @@ def table_rows(entries: dict[str, dict[str, Any]]) -> list[list[str]]:
                 )
             if mc:
                 test_cell += f" (K={e['mc_samples']}, {e.get('mc_mask_draw') or 'window'})"
-            paper_cell = f"{_num(p_val, 1)} / {_num(p_test, 1)} {paper.get('paper', '')}{low}"
-            if mc and paper.get("note"):
-                paper_cell += f" ({paper['note']})"  # the paper's sample count
             rows.append(
                 [
                     f"`{name}`",
@@ -259,7 +273,7 @@ def table_rows(entries: dict[str, dict[str, Any]]) -> list[list[str]]:
                     evaluation,
                     f"{_num(ours_val)} (epoch {e['best_epoch']})" if not mc else _num(ours_val),
                     test_cell,
-                    paper_cell,
+                    paper_cell(paper, mc),
                     f"{_pct(d_val)} / {_pct(d_test)}",
                     verdict([d_val, d_test], confidence, e.get("note")),
                     f"{float(e['wall_time_s']) / 3600:.1f} h" if e.get("wall_time_s") else "–",
@@ -277,7 +291,7 @@ def paper_vals(entries: dict[str, dict[str, Any]]) -> dict[str, float | None]:
     for name, e in entries.items():
         key = (e["dataset"], e["model"], e["variant"], "", "standard", "")
         paper = published_for(key, published) or {}
-        found[name] = float(paper["val_ppl"]) if paper.get("val_ppl") else None
+        found[name] = paper_val(paper)
     return found
 
 

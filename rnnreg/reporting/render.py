@@ -19,6 +19,7 @@ from rnnreg.reporting.data import (
     pooled_bins,
     row_name,
 )
+from rnnreg.reporting.lua_validation import val_cell
 from rnnreg.reporting.significance import Comparison, sentence
 
 
@@ -97,7 +98,8 @@ def write_markdown(
         star = "*" if r["paper_confidence"] == "low" else ""
         paper = (
             (
-                f"{_fmt(r['paper_val'], 1) or '–'} / {_fmt(r['paper_test'], 1) or '–'}{star} "
+                f"{val_cell(r['paper_val'], r['paper_val_printed'])} / "
+                f"{_fmt(r['paper_test'], 1) or '–'}{star} "
                 f"({r['paper']})"
             )
             if r["paper"]
