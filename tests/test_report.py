@@ -125,6 +125,10 @@ def test_report_numbers_equal_hand_computed_means_and_stds(outputs: Path) -> Non
     assert none["best_run"].endswith("1_none") and float(none["best_val"]) == 120.0
     assert float(none["paper_test"]) == 114.5 and none["paper"] == "Zaremba2014"
     assert float(none["test_minus_paper"]) == pytest.approx(0.5)
+    # Zaremba's small validation was printed by main.lua's run_valid() at bptt 20: it
+    # divides 184 windows' sum by 3687 / 20 = 184.35 (rnnreg/reporting/lua_validation.py)
+    assert float(none["paper_val_printed"]) == 120.7
+    assert float(none["paper_val"]) == pytest.approx(120.7 ** (184.35 / 184))
     mc = rows[("gal_tied", "mc")]
     assert float(mc["test_mean"]) == pytest.approx(95.75)
     assert float(mc["val_mean"]) == pytest.approx(96.75)
@@ -140,6 +144,7 @@ def test_markdown_lists_every_group_and_the_runs_left_out(outputs: Path) -> None
         "| interrupted | ptb | small | none | 4 | 1 / 3 | 10 |",
         "| zoneout | 3 epochs | standard | fp32 | 1 (1) | 130.00 | 125.00 |",  # no ± from one run
         "| diverged | ptb | small | zaremba | 1 |",
+        f"| {120.7 ** (184.35 / 184):.1f} (printed 120.7) / 114.5 (Zaremba2014) |",
     ):
         assert fragment in markdown, fragment
 
