@@ -125,7 +125,8 @@ def draw(
     if log:
         axes.plot(list(log), list(log.values()), linestyle="--", label="authors' log, per token")
     if paper_val is not None:
-        axes.axhline(paper_val, color="grey", linestyle=":", label=f"paper {paper_val:g}")
+        label = f"paper {paper_val:.1f}"
+        axes.axhline(paper_val, color="grey", linestyle=":", label=label)
     axes.set(xlabel="epoch", ylabel="validation perplexity", yscale="log", title=name)
     plain_log_ticks(axes.yaxis)
     axes.legend()

@@ -313,15 +313,18 @@ def published_for(key: Key, rows: list[dict[str, str]]) -> dict[str, str] | None
     return None
 
 
+def printed_val(row: dict[str, str] | None) -> float | None:
+    """A published row's validation perplexity as the paper printed it."""
+    return float(row["val_ppl"]) if row and row.get("val_ppl") else None
+
+
 def paper_val(row: dict[str, str] | None) -> float | None:
     """A published row's validation perplexity per token, the quantity ours is: the number
     as printed, or, where the Lua scripts' run_valid() printed it (``lua_valid_bptt``
     set), printed ** (L / ⌊L⌋) (rnnreg/reporting/lua_validation.py)."""
-    if not row or not row.get("val_ppl"):
-        return None
-    printed = float(row["val_ppl"])
-    bptt = row.get("lua_valid_bptt")
-    return per_token_from_printed(printed, int(bptt)) if bptt else printed
+    printed = printed_val(row)
+    bptt = row.get("lua_valid_bptt") if row else None
+    return per_token_from_printed(printed, int(bptt)) if printed and bptt else printed
 
 
 def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
@@ -375,7 +378,7 @@ def summarise(group: Group, published: list[dict[str, str]]) -> dict[str, Any]:
         **{f"test_{m}": _mean_std(group.values(f"test_{m}"))[0] for m in CALIBRATION},
         "paper": paper["paper"] if paper else None,
         "paper_val": paper_val(paper),
-        "paper_val_printed": float(paper["val_ppl"]) if paper and paper["val_ppl"] else None,
+        "paper_val_printed": printed_val(paper),
         "paper_test": paper_test,
         "paper_confidence": paper["confidence"] if paper else None,
         "test_minus_paper": (test_mean - paper_test)

@@ -36,7 +36,7 @@ from rnnreg import PROJECT_ROOT, RnnregError, error_exit
 from rnnreg.config.schema import EXECUTION_SETTINGS
 from rnnreg.core.files import atomic_write_bytes
 from rnnreg.reporting.curves import curve_section, keep_metrics
-from rnnreg.reporting.data import paper_val
+from rnnreg.reporting.data import paper_val, printed_val
 from rnnreg.reporting.lua_validation import val_cell
 from rnnreg.reporting.report import Run, load_published, published_for
 
@@ -228,7 +228,7 @@ def paper_cell(paper: dict[str, str], mc: bool) -> str:
     """``val / test source``: the validation perplexity per token, with the printed one
     where the Lua scripts printed it (rnnreg/reporting/lua_validation.py); the MC rows add
     the paper's sample count."""
-    printed = float(paper["val_ppl"]) if paper.get("val_ppl") else None
+    printed = printed_val(paper)
     p_test = float(paper["test_ppl"]) if paper.get("test_ppl") else None
     low = " (low confidence)" if paper.get("confidence") == "low" else ""
     source = f"{paper.get('paper', '')}{low}"
