@@ -38,9 +38,15 @@ TINY = [
 ]
 
 
-def test_every_variant_space_loads_and_bad_spaces_get_one_line(tmp_path: Path) -> None:
-    for variant in ("zaremba", "gal", "moon", "semeniuta", "zoneout", "none"):
+def test_every_variant_space_loads_and_says_where_its_ranges_come_from(tmp_path: Path) -> None:
+    from rnnreg.config.schema import group_options
+    from rnnreg.tuning.space import SPACE_DIR
+
+    for variant in group_options("variant"):  # awd, weight_drop, gal_untied included
         assert load_space(variant)
+        header = [line for line in (SPACE_DIR / f"{variant}.yaml").read_text().splitlines()]
+        comment = " ".join(line for line in header if line.startswith("#"))
+        assert "range" in comment.lower() or "as conf/tune/space/" in comment, variant
     (tmp_path / "typo.yaml").write_text("variant.p_inptu: {low: 0.0, high: 0.5}\n")
     with pytest.raises(RnnregError, match="unknown key 'variant.p_inptu'"):
         load_space("typo", tmp_path)
@@ -168,7 +174,8 @@ def test_two_workers_share_the_journal_and_run_exactly_the_trials(
     )
     record = json.loads((root / "study.json").read_text())["zaremba"]
     assert record["counted"] == 5 and record["budget_epochs"] == 2 and record["trials"] == 5
-    for seed in (1, 2):  # the best configuration, retrained by one worker or the other
+    assert record["trial_seed"] == 1 and record["retrain_seed_values"] == [2, 3]
+    for seed in (2, 3):  # the chosen configuration, retrained by one worker or the other
         summary = json.loads(
             (root / "zaremba" / "retrain" / f"seed{seed}" / "summary.json").read_text()
         )
@@ -402,7 +409,7 @@ def test_a_retrain_seed_another_worker_holds_is_left_to_it(tmp_path: Path, tiny_
 
     data = [f"dataset.data_dir={tiny_data}", f"dataset.cache_dir={tmp_path / 'c'}"]
     run = [*TINY, *data, "trainer.max_steps=5"]
-    t = TuneConfig(name="held", dir=str(tmp_path / "held"), run=run, retrain_seeds=2)
+    t = TuneConfig(name="held", dir=str(tmp_path / "held"), run=run, trials=1, retrain_seeds=2)
     study = open_study(t, "zaremba", open_storage(t, Path(t.dir)))
     rate = FloatDistribution(0.0, 0.7)
     study.add_trial(
@@ -410,13 +417,13 @@ def test_a_retrain_seed_another_worker_holds_is_left_to_it(tmp_path: Path, tiny_
             params={"variant.p_input": 0.1}, distributions={"variant.p_input": rate}, value=9.0
         )
     )
-    held = Path(t.dir) / "zaremba" / "retrain" / "seed1"
+    held = Path(t.dir) / "zaremba" / "retrain" / "seed2"  # seed 1 is the trials' own
     with exclusive_run(held):
         dirs = retrain(t, "zaremba", study, Path(t.dir), worker=0, threads=1)
-    assert [d.name for d in dirs] == ["seed1", "seed2"]
+    assert [d.name for d in dirs] == ["seed2", "seed3"]
     assert not (held / "summary.json").exists()
     summary = json.loads((dirs[1] / "summary.json").read_text())
-    assert summary["status"] == "completed" and summary["seed"] == 2
+    assert summary["status"] == "completed" and summary["seed"] == 3
     assert summary["config"]["variant"]["p_input"] == pytest.approx(0.1)
 
 
@@ -437,3 +444,273 @@ def test_a_heartbeat_retry_resumes_the_run_directory_of_the_trial_it_retries(
     assert again.number == 1 and origin(again) == 0
     assert trial_dir(tmp_path, again) == tmp_path / "trial_0000"
     assert trial_dir(tmp_path, study.ask()) == tmp_path / "trial_0002"  # a fresh trial: its own
+
+
+def fake_trials(study: optuna.Study, space: list, count: int) -> list[dict]:
+    """Ask and complete ``count`` trials on ``study`` with a made-up value."""
+    drawn = []
+    for _ in range(count):
+        trial = study.ask()
+        values = {param.key: param.suggest(trial) for param in space}
+        study.tell(trial, sum(float(v) for v in values.values()))
+        drawn.append(values)
+    return drawn
+
+
+def test_parallel_and_restarted_workers_never_draw_the_same_configuration(tmp_path: Path) -> None:
+    """The start-up design is queued once (a second call queues nothing); three workers'
+    samplers, each seeded from its index, draw three different configurations, during
+    TPE's random start-up and after it; a worker opened again draws none already drawn."""
+    from rnnreg.tuning.study import enqueue_startup_design
+
+    t = TuneConfig(name="par", trials=12, startup_trials=3, dir=str(tmp_path))
+    storage = open_storage(t, tmp_path)
+    space = load_space("zaremba")
+    assert enqueue_startup_design(t, "zaremba", storage) == 3
+    assert enqueue_startup_design(t, "zaremba", storage) == 0  # a rerun continues the study
+    queued = open_study(t, "zaremba", storage).get_trials(states=(TrialState.WAITING,))
+    assert len(queued) == 3
+    drawn = fake_trials(open_study(t, "zaremba", storage, worker=0), space, 3)  # the design
+    workers = [open_study(t, "zaremba", storage, worker=w) for w in range(3)]
+    for _ in range(2):  # TPE's start-up (random) draws, then TPE's own
+        asked = [study.ask() for study in workers]
+        values = [{p.key: p.suggest(trial) for p in space} for trial in asked]
+        for study, trial in zip(workers, asked, strict=True):
+            study.tell(trial, 1.0)
+        drawn += values
+    restarted = open_study(t, "zaremba", storage, worker=1)  # worker 1 again
+    drawn += fake_trials(restarted, space, 2)
+    keys = [json.dumps(v, sort_keys=True) for v in drawn]
+    assert len(set(keys)) == len(keys) == 11
+    seeds = {k: v for k, v in restarted.user_attrs.items() if k.startswith("sampler_seed.")}
+    # workers 0-2 opened at 3 trials (worker 0 twice: it drew nothing in between, as
+    # every draw adds a trial), worker 1 again at 9: four seeds, all different
+    assert len(set(seeds.values())) == len(seeds) == 4
+
+
+def test_the_startup_design_maps_sobol_points_into_every_kind_of_range() -> None:
+    from rnnreg.tuning.space import Param, space_points, unit_to_values
+    from rnnreg.tuning.study import startup_design
+
+    space = [
+        Param("optim.lr", 0.3, 2.0, log=True),
+        Param("variant.p_input", 0.0, 0.7, step=0.1),
+        Param("trainer.bptt", 10, 40, step=10),
+        Param("optim.name", choices=("sgd", "ntasgd")),
+    ]
+    points = startup_design(space, 5, seed=7)
+    assert len(points) == 5 and points == startup_design(space, 5, seed=7)
+    for values in points:
+        assert 0.3 <= values["optim.lr"] <= 2.0
+        assert round(values["variant.p_input"] * 10, 9).is_integer()
+        assert values["trainer.bptt"] in (10, 20, 30, 40)
+        assert values["optim.name"] in ("sgd", "ntasgd")
+    assert unit_to_values(space, [0.0, 0.0, 0.0, 0.0])["optim.lr"] == pytest.approx(0.3)
+    assert unit_to_values(space, [0.999, 0.999, 0.999, 0.999])["trainer.bptt"] == 40
+    assert space_points(space[1:]) == 8 * 4 * 2
+
+
+def test_the_chosen_trial_is_the_best_counted_one_ties_to_the_lowest_number(
+    tmp_path: Path,
+) -> None:
+    """A function of the complete study: None before it counts ``trials``; a pruned trial
+    counts but is never chosen; equal values go to the lower number; a trial beyond the
+    counted ones is not considered."""
+    from rnnreg.tuning.study import chosen_trial, record_choice
+
+    t = TuneConfig(name="choose", trials=4, dir=str(tmp_path))
+    study = open_study(t, "zaremba", open_storage(t, tmp_path))
+    rate = optuna.distributions.FloatDistribution(0.0, 0.7)
+
+    def add(value: float | None, state: TrialState = TrialState.COMPLETE) -> None:
+        params = {"variant.p_input": len(study.trials) / 10}
+        frozen = optuna.trial.create_trial(
+            params=params, distributions={"variant.p_input": rate}, value=value, state=state
+        )
+        study.add_trial(frozen)
+
+    add(5.0)
+    add(3.0)
+    add(None, TrialState.PRUNED)
+    assert chosen_trial(study, t.trials) is None  # three of four counted
+    add(3.0)  # a tie with trial 1
+    add(1.0)  # a fifth: beyond the counted four
+    chosen = record_choice(study, t)
+    assert chosen.number == 1 and chosen.value == 3.0
+    assert study.user_attrs["chosen"]["trial"] == 1
+
+
+def test_retrain_seeds_leave_out_the_trials_seed_and_epochs_follow_tune_run() -> None:
+    from rnnreg.tuning.study import retrain_epochs, retrain_seeds
+
+    t = TuneConfig(retrain_seeds=3, run=["model=small"])
+    assert retrain_seeds(t, trial_seed=1) == [2, 3, 4]
+    assert retrain_seeds(t, trial_seed=3) == [1, 2, 4]
+    assert retrain_epochs(t, "zaremba") == 13  # conf/config.yaml's trainer.epochs, not 1
+    assert retrain_epochs(TuneConfig(run=["trainer.epochs=7"]), "gal") == 7
+    assert retrain_epochs(TuneConfig(retrain_epochs=2), "gal") == 2
+
+
+def test_a_second_worker_failing_the_same_orphan_queues_no_second_copy(tmp_path: Path) -> None:
+    """Two workers see the same orphan: the second tell is refused, and only the first
+    queues the retry (before: 'Cannot tell a FAIL trial' killed the second worker)."""
+    from rnnreg.tuning.study import retry
+
+    t = TuneConfig(name="orphan", dir=str(tmp_path))
+    storage = open_storage(t, tmp_path)
+    study = open_study(t, "zaremba", storage)
+    trial = study.ask()
+    trial.suggest_float("variant.p_input", 0.0, 0.7)
+    seen = study.trials[0]  # both workers read it RUNNING
+    assert retry(study, seen, "orphaned") is True
+    assert retry(open_study(t, "zaremba", storage), seen, "orphaned") is False
+    waiting = study.get_trials(states=(TrialState.WAITING,))
+    assert len(waiting) == 1 and waiting[0].user_attrs["retry_of"] == 0
+
+
+def test_tune_cli_takes_hydra_flags_with_values_and_bad_keys_get_one_line(
+    tmp_path: Path, tiny_data: Path
+) -> None:
+    from rnnreg.cli.tune import split_argv
+
+    assert split_argv(["--cfg", "job", "model=small"]) == [
+        "--cfg",
+        "job",
+        "tune.run=['model=small']",
+    ]
+    assert split_argv(["--info", "model=small"]) == ["--info", "tune.run=['model=small']"]
+    shown = tune(tmp_path, tiny_data, "--cfg", "job")
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    assert "trials:" in shown.stdout and "job" not in shown.stdout.split("run:")[1][:200]
+    for bad, says in (
+        ("tune.space.x=1", "tune.space"),
+        ("tune.trials=0", "tune.trials=0 must be at least 1"),
+        ("tune.pruner=sometimes", "tune.pruner"),
+    ):
+        result = tune(tmp_path, tiny_data, bad)
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        assert result.returncode == 2 and len(lines) == 1, result.stderr[-2000:]
+        assert lines[0].startswith("rnnreg: error:") and says in lines[0]
+    refused = tune(tmp_path, tiny_data, "variant=nope")
+    assert refused.returncode == 2 and "unknown variant 'nope'" in refused.stderr
+
+
+def kill_a_worker_then_restart_one(
+    tmp_path: Path, tiny_data: Path, args: list[str], name: str
+) -> tuple[int, list[subprocess.CompletedProcess]]:
+    """Start ``rnnreg.tune`` with 3 workers, each pausing 2 s at its first validation;
+    SIGKILL a spawned worker inside its trial; start one more worker on the same study;
+    return the killed trial's number and both commands' results."""
+    import signal
+    import time
+
+    env = tune_env(tmp_path, tiny_data) | {
+        "RNNREG_TEST_PAUSE": "validation:1",
+        "RNNREG_TEST_PAUSE_S": "2",
+        "RNNREG_TEST_MARKER": str(tmp_path / "paused"),
+    }
+    command = [sys.executable, "-m", "rnnreg.tune", *args, *TINY]
+    main = subprocess.Popen(
+        command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    folder = tmp_path / "out" / "tune" / name / "zaremba"
+    killed, deadline = -1, time.monotonic() + 180
+    while killed < 0 and time.monotonic() < deadline:
+        for lock in folder.glob("trial_*/.lock"):
+            pid = int((lock.read_text().split() or ["0"])[-1])
+            if pid not in (0, main.pid) and run_status(lock.parent) == "running":
+                os.kill(pid, signal.SIGKILL)
+                killed = int(lock.parent.name.split("_")[1])
+                break
+        time.sleep(0.05)
+    assert killed >= 0, "no spawned worker was seen inside a trial"
+    restarted = subprocess.run(
+        [*command[: -len(TINY)], "tune.workers=1", *TINY],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    out, err = main.communicate(timeout=600)
+    first = subprocess.CompletedProcess(command, main.returncode, out, err)
+    return killed, [first, restarted]
+
+
+def check_fair_study(root: Path, t: TuneConfig, killed: int) -> None:
+    """Exactly ``trials`` counted, no two with the same values but a retried copy, the
+    killed trial retried, one chosen configuration retrained with seeds other than the
+    trials', and no trial scoring the test split."""
+    study = open_study(t, "zaremba", open_storage(t, root))
+    counted = [tr for tr in study.trials if tr.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert len(counted) == t.trials
+    origins = [origin(tr) for tr in counted]
+    assert len(set(origins)) == len(origins)  # a retry replaces its trial
+    values = [json.dumps(tr.params, sort_keys=True) for tr in counted]
+    assert len(set(values)) == len(values), values
+    failed = [origin(tr) for tr in study.trials if tr.state is TrialState.FAIL]
+    assert killed in failed and killed in origins  # failed, and run again to the end
+    chosen = study.user_attrs["chosen"]
+    best = min(
+        (tr for tr in counted if tr.state is TrialState.COMPLETE),
+        key=lambda tr: (tr.value, tr.number),
+    )
+    assert chosen["trial"] == best.number
+    record = json.loads((root / "study.json").read_text())["zaremba"]
+    assert record["best_trial"] == best.number and record["counted"] == t.trials
+    assert 1 not in record["retrain_seed_values"]
+    retrained = [
+        json.loads((root / "zaremba" / "retrain" / f"seed{s}" / "summary.json").read_text())
+        for s in record["retrain_seed_values"]
+    ]
+    assert {r["seed"] for r in retrained} == set(record["retrain_seed_values"])
+    for summary in retrained:
+        assert summary["status"] == "completed"
+        for key, value in chosen["params"].items():
+            section, name = key.split(".")
+            assert summary["config"][section][name] == pytest.approx(value)
+    for tr in counted:
+        summary = json.loads(
+            (root / "zaremba" / f"trial_{origin(tr):04d}" / "summary.json").read_text()
+        )
+        assert summary["test_ppl"] is None and summary.get("test_scored") is False
+
+
+FAIR = [
+    "tune.variants=[zaremba]",
+    "tune.trials=6",
+    "tune.budget=1",
+    "tune.pruner=none",
+    "tune.workers=3",
+    "tune.startup_trials=3",
+    "tune.retrain_seeds=3",
+    "tune.retrain_epochs=1",
+    "trainer.max_steps=12",
+    "trainer.checkpoint_every_s=0",
+]
+
+
+@pytest.mark.slow
+def test_three_workers_on_the_journal_one_killed_keep_the_budget_exact(
+    tmp_path: Path, tiny_data: Path
+) -> None:
+    killed, results = kill_a_worker_then_restart_one(
+        tmp_path, tiny_data, ["tune.name=fair", *FAIR], "fair"
+    )
+    for result in results:
+        assert result.returncode == 0, result.stderr[-3000:]
+    root = tmp_path / "out" / "tune" / "fair"
+    check_fair_study(root, TuneConfig(name="fair", trials=6, dir=str(root)), killed)
+
+
+@pytest.mark.slow
+def test_three_workers_on_postgres_one_killed_keep_the_budget_exact(
+    tmp_path: Path, tiny_data: Path, postgres_url: str
+) -> None:
+    args = ["tune.name=pgfair", f"tune.storage={postgres_url}", *FAIR]
+    killed, results = kill_a_worker_then_restart_one(tmp_path, tiny_data, args, "pgfair")
+    for result in results:
+        assert result.returncode == 0, result.stderr[-3000:]
+    root = tmp_path / "out" / "tune" / "pgfair"
+    t = TuneConfig(name="pgfair", trials=6, dir=str(root), storage=postgres_url)
+    check_fair_study(root, t, killed)

@@ -25,7 +25,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from rnnreg import RnnregError, error_exit
 from rnnreg.config.schema import CONF_DIR, register
-from rnnreg.config.tune import Launcher, TuneConfig, register_tune
+from rnnreg.config.tune import COMPARISON_MARKER, Launcher, TuneConfig, register_tune
 
 log = logging.getLogger("rnnreg")
 
@@ -33,14 +33,75 @@ register()
 register_tune()
 
 
+#: Hydra's flags that take the next argument as their value (``--cfg job``); ``--info``
+#: takes it only when it names one of its topics.
+FLAG_VALUES = {
+    "--cfg": None,
+    "-c": None,
+    "--package": None,
+    "-p": None,
+    "--config-path": None,
+    "-cp": None,
+    "--config-name": None,
+    "-cn": None,
+    "--config-dir": None,
+    "-cd": None,
+    "--experimental-rerun": None,
+    "--info": ("all", "config", "defaults", "defaults-tree", "plugins", "searchpath"),
+    "-i": ("all", "config", "defaults", "defaults-tree", "plugins", "searchpath"),
+}
+
+
 def split_argv(argv: list[str]) -> list[str]:
-    """Hydra's arguments, with the run overrides folded into ``tune.run=[...]``."""
-    ours = [a for a in argv if a.startswith(("tune", "hydra", "-", "+tune", "~tune"))]
-    run = [a for a in argv if a not in ours]
+    """Hydra's arguments (flags with their values), with the run overrides folded into
+    ``tune.run=[...]``."""
+    ours, run = [], []
+    args = iter(argv)
+    for arg in args:
+        if arg in FLAG_VALUES:
+            ours.append(arg)
+            topics = FLAG_VALUES[arg]
+            following = next(args, None)
+            if following is None:
+                continue
+            if topics is None or following in topics:
+                ours.append(following)
+            else:
+                (ours if following.startswith(TUNE_PREFIXES) else run).append(following)
+        elif arg.startswith(TUNE_PREFIXES):
+            ours.append(arg)
+        else:
+            run.append(arg)
     if run:
         quoted = ",".join(f"'{a}'" for a in run)
         ours.append(f"tune.run=[{quoted}]")
     return ours
+
+
+TUNE_PREFIXES = ("tune", "hydra", "-", "+tune", "~tune", "+hydra", "~hydra")
+
+
+def check_tune_overrides(argv: list[str]) -> None:
+    """Compose ``conf/tune.yaml`` with the ``tune.*`` overrides before Hydra runs, so that a
+    typo or a bad value gets one line (exit 2), not Hydra's report; the run overrides'
+    group choices are checked as ``rnnreg.train`` checks them."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+
+    from rnnreg.cli.train import check_group_choices
+
+    if any(arg.startswith("-") for arg in argv):
+        return  # --cfg, --help, -m ...: Hydra's to answer
+    overrides = [a for a in argv if a.lstrip("+~").startswith("tune")]
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = compose("tune", overrides=overrides)
+    except HydraException as exc:
+        what = str(exc).strip().splitlines()[0].rstrip(".")
+        raise RnnregError(
+            f"{what} (python -m rnnreg.tune --cfg job prints every tune key)"
+        ) from None
+    check_group_choices(list(tune_config(cfg).run))
 
 
 def tune_config(cfg: DictConfig) -> TuneConfig:
@@ -61,15 +122,19 @@ def _worker(t: Any, index: int) -> None:
 def run(t: TuneConfig) -> dict[str, Any]:
     """Every study of the comparison, with ``tune.workers`` processes."""
     from rnnreg.tuning.space import load_space
-    from rnnreg.tuning.study import open_storage, run_config, work
+    from rnnreg.tuning.study import enqueue_startup_design, open_storage, run_config, work
 
     for variant in t.variants:  # bad input fails here, before any worker starts
         load_space(variant)
         run_config(t, variant, {}, t.budget, [])
-    if t.storage or not t.dry_run:  # a dry run starts no journal; a database URL is checked
-        open_storage(t, Path(t.dir))
-    if t.dry_run:
+    storage = open_storage(t, Path(t.dir)) if t.storage or not t.dry_run else None
+    if t.dry_run:  # a dry run starts no journal; a database URL is checked
         return plan(t)
+    mark_comparison(t)
+    for variant in t.variants:  # drawn once, here, before any worker asks for a trial
+        queued = enqueue_startup_design(t, variant, storage)
+        if queued:
+            log.info("%s: start-up design of %d Sobol points queued", variant, queued)
     if t.launcher is not Launcher.local:
         return submit_array(t)
     if t.workers == 1:
@@ -83,6 +148,16 @@ def run(t: TuneConfig) -> dict[str, Any]:
     finally:
         for process in workers:
             process.join()
+
+
+def mark_comparison(t: TuneConfig) -> None:
+    """Write ``<tune.dir>/tune.json``: the comparison's settings, and the sign that its
+    ``<variant>/trial_NNNN`` folders are tuning trials."""
+    from rnnreg.core.files import atomic_write_bytes
+
+    settings = OmegaConf.to_container(OmegaConf.structured(t), resolve=True, enum_to_str=True)
+    text = json.dumps({"tune": settings}, indent=2, default=str) + "\n"
+    atomic_write_bytes(Path(t.dir) / COMPARISON_MARKER, text.encode())
 
 
 def array_parameters(t: TuneConfig) -> dict[str, Any]:
@@ -104,7 +179,7 @@ def plan(t: TuneConfig) -> dict[str, Any]:
     """``tune.dry_run``: what the command would run, checked (every space loads, every
     variant's trial config composes, the storage opens), with nothing trained or submitted."""
     from rnnreg.tuning.space import load_space
-    from rnnreg.tuning.study import run_config, worker_threads
+    from rnnreg.tuning.study import retrain_epochs, retrain_seeds, run_config, worker_threads
 
     if t.launcher is Launcher.slurm and t.storage is None:
         raise RnnregError(NEEDS_STORAGE)
@@ -112,13 +187,17 @@ def plan(t: TuneConfig) -> dict[str, Any]:
     for variant in t.variants:
         space = load_space(variant)
         run = run_config(t, variant, {}, t.budget, [])
+        seeds = retrain_seeds(t, run.seed)
         studies[f"{t.name}-{variant}"] = {
             "space": {p.key: _span(p) for p in space},
             "model": f"{run.model.hidden_size} units x {run.model.num_layers} layers",
             "device": run.trainer.device.value,
             "trials": t.trials,
             "budget_epochs": t.budget,
-            "retrain": f"{t.retrain_seeds} seeds x {t.retrain_epochs or run.trainer.epochs} epochs",
+            "startup_design": f"{min(t.startup_trials, t.trials)} scrambled Sobol points",
+            "trial_seed": run.seed,
+            "retrain": f"{len(seeds)} seeds x {retrain_epochs(t, variant)} epochs",
+            "retrain_seeds": seeds,
         }
     workers = {"launcher": t.launcher.value, "workers": t.workers}
     if t.launcher is Launcher.local:
@@ -176,7 +255,12 @@ def app(cfg: DictConfig) -> float:
 
 
 def main() -> int:
-    sys.argv = [sys.argv[0], *split_argv(sys.argv[1:])]
+    argv = split_argv(sys.argv[1:])
+    try:
+        check_tune_overrides(argv)
+    except RnnregError as exc:
+        raise SystemExit(error_exit(exc)) from None
+    sys.argv = [sys.argv[0], *argv]
     app()
     return 0
 

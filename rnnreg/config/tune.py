@@ -10,6 +10,11 @@ from hydra.core.config_store import ConfigStore
 
 from rnnreg import RnnregError
 
+#: The file ``python -m rnnreg.tune`` writes in ``tune.dir`` before any worker starts
+#: (rnnreg/cli/tune.py): the folders ``<variant>/trial_NNNN`` beside it are tuning trials,
+#: never rows of the report (rnnreg/reporting/data.py ``is_trial``), whatever the storage.
+COMPARISON_MARKER = "tune.json"
+
 
 class Launcher(str, Enum):
     """Where the workers run: processes here, a SLURM job array (submitit), or submitit's

@@ -21,6 +21,7 @@ from typing import Any
 
 from rnnreg import RnnregError
 from rnnreg.config.schema import GROUPS, group_options, outcome_settings
+from rnnreg.config.tune import COMPARISON_MARKER
 from rnnreg.reporting.lua_validation import per_token_from_printed
 from rnnreg.reporting.significance import Comparison, compare_to_reference, mean_interval
 
@@ -229,9 +230,8 @@ def is_trial(run_dir: Path) -> bool:
     """A tuning trial (``<tune.dir>/<variant>/trial_NNNN``): reported with its study
     (rnnreg/reporting/tuning.py), never as a configuration of its own."""
     study = run_dir.parent.parent
-    return run_dir.name.startswith("trial_") and (
-        (study / "study.json").exists() or (study / "journal.log").exists()
-    )
+    marks = ("study.json", "journal.log", COMPARISON_MARKER)
+    return run_dir.name.startswith("trial_") and any((study / m).exists() for m in marks)
 
 
 def group_runs(runs: list[Run]) -> list[Group]:

@@ -16,6 +16,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from rnnreg.config.schema import outcome_settings
 from rnnreg.reporting.axes import plain_log_ticks
 from rnnreg.reporting.data import Run, budget_note
 from rnnreg.reporting.significance import compare_to_reference, mean_interval
@@ -91,6 +92,17 @@ def retrained_runs(root: Path, record: dict[str, Any]) -> list[dict[str, Any]]:
     return found
 
 
+def same_configuration(runs: list[dict[str, Any]]) -> bool:
+    """Whether the retrained runs share one configuration: every outcome setting but the
+    seed (:func:`rnnreg.config.schema.outcome_settings`). The report never averages runs
+    that do not."""
+    configs = {
+        json.dumps(outcome_settings(r.get("config") or {}), sort_keys=True, default=str)
+        for r in runs
+    }
+    return len(configs) <= 1
+
+
 def retrain_budget(runs: list[dict[str, Any]]) -> tuple[str | None, str | None]:
     """The retrained seeds' model and budget (``6 epochs``, ``40 steps``; as the report's
     rows name it), each None where the seeds disagree."""
@@ -112,7 +124,14 @@ def _tuned(params: dict[str, Any] | None) -> str:
 def _comparison_row(
     variant: str, record: dict[str, Any], runs: list[dict[str, Any]], comparisons: dict[str, Any]
 ) -> str:
-    """One variant's row: its trials, tuned values and retrained seeds against the reference."""
+    """One variant's row: its trials, tuned values and retrained seeds against the reference
+    (no mean where the retrained runs' configurations differ: they are not one)."""
+    if not same_configuration(runs):
+        return (
+            f"| {variant} | {record['counted']} of {record['trials']} | | "
+            f"{_tuned(record.get('best_params'))} | {len(runs)} of {record['retrain_seeds']}: "
+            "configurations differ, not averaged | | | |"
+        )
     values = [float(r["test_ppl"]) for r in runs]
     budget = retrain_budget(runs)[1]
     states = record.get("states", {})
@@ -143,8 +162,20 @@ def tuning_section(outputs: Path, out: Path, reference: str) -> tuple[list[str],
     figures: list[Path] = []
     for root, study in find_studies(outputs):
         retrained = {variant: retrained_runs(root, record) for variant, record in study.items()}
-        tests = {v: [float(r["test_ppl"]) for r in runs] for v, runs in retrained.items()}
-        ref = reference if reference in tests else next(iter(tests))
+        for variant, runs in retrained.items():
+            if not same_configuration(runs):
+                log.warning(
+                    "%s: %s's retrained runs hold different configurations; not averaged "
+                    "(retrain them from one study: python -m rnnreg.tune with the same command)",
+                    root,
+                    variant,
+                )
+        tests = {
+            v: [float(r["test_ppl"]) for r in runs]
+            for v, runs in retrained.items()
+            if same_configuration(runs)
+        }
+        ref = reference if reference in tests else next(iter(tests), reference)
         comparisons = {c.variant: c for c in compare_to_reference(tests, ref)}
         lines += [
             "",

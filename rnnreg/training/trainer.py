@@ -63,11 +63,14 @@ class Trainer:
         labels: dict[str, Any] | None = None,
         launch: LaunchRecord | None = None,
         epoch_hook: Callable[[int, float], bool] | None = None,
+        score_test: bool = True,
     ) -> None:
         """``epoch_hook(epoch, val_ppl)`` is called after each validation; True ends the
-        run as ``pruned`` (rnnreg/tuning/study.py reports to Optuna through it)."""
+        run as ``pruned`` (rnnreg/tuning/study.py reports to Optuna through it).
+        ``score_test=False`` ends a completed run without its final evaluation: a tuning
+        trial is scored on validation alone and never reads the test split."""
         self.run, self.run_dir, self.labels = run, run_dir, dict(labels or {})
-        self.launch, self.epoch_hook = launch, epoch_hook
+        self.launch, self.epoch_hook, self.score_test = launch, epoch_hook, score_test
         self.ckpt_dir = run_dir / "checkpoints"
         self.device = select_device(run.trainer.device)
         if run.trainer.threads:
@@ -286,6 +289,8 @@ class Trainer:
             return summary
         if outcome in (Outcome.diverged, Outcome.pruned):
             return self.recorder.summary(self._summary(outcome.value))
+        if not self.score_test:
+            return self.recorder.summary(self._summary("completed", {"test_scored": False}))
         final = self.averaging.eval_model(self.model).state_dict()
         splits = (self.valid_data, self.test_data, self.corpus)
         results = evaluate_run(

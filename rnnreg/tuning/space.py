@@ -10,6 +10,7 @@ Each key is a dotted key of the run config; a range gives ``low``, ``high`` and 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,12 +37,57 @@ class Param:
         if self.choices is not None:
             return trial.suggest_categorical(self.key, list(self.choices))
         assert self.low is not None and self.high is not None
-        integer = all(float(v).is_integer() for v in (self.low, self.high, self.step or 1))
-        if integer and isinstance(self.low, int) and isinstance(self.high, int):
+        if self.integer:
             return trial.suggest_int(
                 self.key, self.low, self.high, log=self.log, step=int(self.step or 1)
             )
         return trial.suggest_float(self.key, self.low, self.high, log=self.log, step=self.step)
+
+    @property
+    def integer(self) -> bool:
+        """Drawn with ``suggest_int`` (integer bounds and step)."""
+        if not (isinstance(self.low, int) and isinstance(self.high, int)):
+            return False
+        return float(self.step or 1).is_integer()
+
+    def points(self) -> float:
+        """How many values the parameter can take (``inf`` for a continuous range)."""
+        if self.choices is not None:
+            return len(self.choices)
+        assert self.low is not None and self.high is not None
+        step = self.step or (1 if self.integer else None)
+        if step is None:
+            return math.inf if self.high > self.low else 1
+        return math.floor((self.high - self.low) / step + 1e-9) + 1
+
+    def from_unit(self, u: float) -> Any:
+        """The value at ``u`` in [0, 1) of the parameter's range, as a start-up design
+        places it: a choice or a step by index ⌊u·n⌋, a log range by
+        exp(log low + u (log high − log low)), else low + u (high − low)."""
+        if self.choices is not None:
+            return self.choices[min(int(u * len(self.choices)), len(self.choices) - 1)]
+        assert self.low is not None and self.high is not None
+        if self.log:
+            value = math.exp(math.log(self.low) + u * (math.log(self.high) - math.log(self.low)))
+            value = min(max(value, self.low), self.high)
+            return round(value) if self.integer else value
+        count = self.points()
+        if math.isinf(count):
+            return self.low + u * (self.high - self.low)
+        step = self.step or 1
+        index = min(int(u * count), int(count) - 1)
+        value = self.low + index * step
+        return int(value) if self.integer else round(value, 12)
+
+
+def unit_to_values(space: list[Param], point: list[float]) -> dict[str, Any]:
+    """The values of a point of the unit cube, one coordinate per parameter."""
+    return {param.key: param.from_unit(u) for param, u in zip(space, point, strict=True)}
+
+
+def space_points(space: list[Param]) -> float:
+    """How many distinct configurations ``space`` holds (``inf`` with a continuous range)."""
+    return math.prod(param.points() for param in space)
 
 
 def _param(key: str, spec: Any, known: dict[str, Any], source: Path) -> Param:
