@@ -25,7 +25,11 @@ def fake_run(
     mc: float | None = None,
     epochs: int = 3,
     precision: str | None = "fp32",
+    config: dict | None = None,
 ) -> None:
+    """A finished (or not) run's files; ``config``: its resolved config (a stub of 3
+    epochs by default)."""
+    config = config or {"trainer": {"epochs": 3, "max_steps": None}}
     run = root / name
     run.mkdir(parents=True)
     summary = {
@@ -40,12 +44,12 @@ def fake_run(
         "lstm_path": "loop" if variant == "gal" else "fused",
         "params": 4_653_200,
         "epochs": epochs,
-        "epochs_planned": 3,
+        "epochs_planned": config["trainer"]["epochs"],
         "steps": 10 * epochs,
         "stage": "train",
         "val_ppl_mc": None if mc is None else mc + 1,
         "test_ppl_mc": mc,
-        "config": {"trainer": {"epochs": 3, "max_steps": None}},
+        "config": config,
     }
     if precision is not None:
         summary["precision"] = precision
@@ -59,12 +63,29 @@ def fake_run(
             writer.writerow([epoch, epoch * 10, 1.0, 200, val + 10 * (3 - epoch), 1000, 1, 0])
 
 
+def preset(*overrides: str) -> dict:
+    """The resolved config of ``experiment=...`` and overrides, as a summary holds it."""
+    from rnnreg.reporting.data import composed_config
+
+    config = composed_config(tuple(overrides))
+    assert config is not None
+    return config
+
+
 @pytest.fixture
 def outputs(tmp_path: Path) -> Path:
+    """Zaremba small at its preset (3 seeds), gal with MC, zoneout, and runs left out."""
     root = tmp_path / "outputs"
+    small = preset("experiment=zaremba_small")
     for seed, (val, test) in enumerate([(120.0, 115.0), (122.0, 116.0), (121.0, 114.0)], 1):
         fake_run(
-            root / "multiruns" / "a", f"{seed}_none", variant="none", seed=seed, val=val, test=test
+            root / "multiruns" / "a",
+            f"{seed}_none",
+            variant="none",
+            seed=seed,
+            val=val,
+            test=test,
+            config=small,
         )
     for seed, (val, test, mc) in enumerate([(100.0, 96.0, 95.0), (104.0, 98.0, 96.5)], 1):
         fake_run(
@@ -138,7 +159,8 @@ def test_report_numbers_equal_hand_computed_means_and_stds(outputs: Path) -> Non
 def test_markdown_lists_every_group_and_the_runs_left_out(outputs: Path) -> None:
     markdown = build_report(outputs).read_text()
     for fragment in (
-        "| ptb | small | none | 3 epochs | standard | fp32 | 3 (1 2 3) | 121.00 ± 1.00",
+        "| ptb | small | none | 13 epochs | standard (test_weights=final) | fp32 | 3 (1 2 3) "
+        "| 121.00 ± 1.00",
         "| gal_tied | 3 epochs | standard |",
         "| gal_tied | 3 epochs | mc |",
         "| interrupted | ptb | small | none | 4 | 1 / 3 | 10 |",
@@ -364,3 +386,165 @@ def test_a_moved_comparison_still_finds_its_retrained_seeds(tmp_path: Path) -> N
     assert "| 3 of 3, 3 epochs | 111.00 |" in rows["| zaremba"]
     assert "| 3 of 3, 3 epochs | 121.00 |" in rows["| gal"]
     assert "+10.00" in rows["| gal"]
+
+
+def mc_run(
+    root: Path, name: str, seed: int, config: dict, test: float, mc: float, *overrides: str
+) -> None:
+    """A run of ``config`` (MC-evaluated), launched with ``overrides`` (.hydra)."""
+    fake_run(
+        root,
+        name,
+        variant=config["variant"]["name"],
+        seed=seed,
+        val=test + 2,
+        test=test,
+        mc=mc,
+        config=config,
+    )
+    path = root / name / "summary.json"
+    summary = json.loads(path.read_text())
+    summary["model"] = config["model"]["name"]
+    path.write_text(json.dumps(summary))
+    if overrides:
+        (root / name / ".hydra").mkdir()
+        listed = "".join(f"- {o}\n" for o in overrides)
+        (root / name / ".hydra" / "overrides.yaml").write_text(listed)
+
+
+def test_the_paper_stands_beside_its_preset_and_both_k_where_only_k_differs(
+    tmp_path: Path,
+) -> None:
+    """gal_medium with eval.mc_samples=100 (as make sweep-paper and the ledger run it): its
+    standard sub-row sits beside Gal's 79.7, its MC sub-row beside 79.0 with both K; the
+    training configuration is one group, not a changed one."""
+    root = tmp_path / "outputs"
+    launched = ("experiment=gal_medium", "eval.mc_samples=100")
+    config = preset(*launched)
+    for seed in (1, 2):
+        mc_run(root, f"gal{seed}", seed, config, 80.0 + seed, 79.0 + seed, *launched)
+    build_report(root)
+    rows = read_report(root / "report" / "report.csv")
+    standard, mc = rows[("gal_tied", "standard")], rows[("gal_tied", "mc")]
+    assert standard["settings"] == "" and mc["settings"] == ""  # the preset, both sub-rows
+    assert standard["paper"] == "Gal2016" and float(standard["paper_test"]) == 79.7
+    assert standard["paper_preset"] == "gal_medium" and standard["paper_note"] == ""
+    assert mc["evaluation_settings"] == "K=100"
+    assert mc["paper"] == "Gal2016" and float(mc["paper_test"]) == 79.0
+    assert mc["paper_note"] == "K=100 here, K=1000 in the paper"
+    markdown = (root / "report" / "report.md").read_text()
+    assert "| mc (K=100) |" in markdown and "; K=100 here, K=1000 in the paper |" in markdown
+
+
+def test_a_run_that_is_not_the_preset_is_not_set_beside_the_paper_and_says_why(
+    tmp_path: Path,
+) -> None:
+    """variant=zaremba model=medium for 3 steps composes nothing like zaremba_medium's 39
+    epochs: no paper number (before: 'test − paper 5,971.80'), and the reason."""
+    root = tmp_path / "outputs"
+    config = preset("variant=zaremba", "model=medium", "trainer.max_steps=3")
+    mc_run(root, "short", 1, config, test=6054.5, mc=6000.0)
+    longer = preset("experiment=zaremba_medium", "trainer.epochs=13")
+    mc_run(root, "longer", 1, longer, test=90.0, mc=89.0)
+    build_report(root)
+    with open(root / "report" / "report.csv", newline="") as handle:
+        rows = [r for r in csv.DictReader(handle) if r["evaluation"] == "standard"]
+    for row in rows:
+        assert row["paper"] == "" and row["paper_test"] == "" and row["test_minus_paper"] == ""
+    notes = {row["budget"]: row["paper_note"] for row in rows}
+    assert notes["13 epochs"] == "not the preset: trainer.epochs 13 ≠ 39"
+    assert notes["3 steps"].startswith("not the preset: ") and "≠" in notes["3 steps"]
+    markdown = (root / "report" / "report.md").read_text()
+    assert "| *not the preset: trainer.epochs 13 ≠ 39* |" in markdown
+
+
+def test_evaluation_settings_are_sub_rows_and_the_reference_is_found_by_variant(
+    tmp_path: Path, caplog
+) -> None:
+    """A 2x2 sweep with eval.test_batch_size=20 on every run: groups named zaremba and gal
+    (the evaluation setting is a sub-row's), compared against --reference zaremba; a run of
+    the same training at test batch 1 is another sub-row of the same group."""
+    root = tmp_path / "outputs"
+    for variant, tests in (("zaremba", (100.0, 101.0)), ("gal", (95.0, 96.0))):
+        config = preset(f"variant={variant}", "eval.test_batch_size=20")
+        for seed, test in enumerate(tests, 1):
+            fake_run(
+                root,
+                f"{variant}{seed}",
+                variant=variant,
+                seed=seed,
+                val=test + 3,
+                test=test,
+                config=config,
+            )
+    fake_run(
+        root,
+        "zaremba_b1",
+        variant="zaremba",
+        seed=1,
+        val=103.0,
+        test=100.5,
+        config=preset("variant=zaremba"),
+    )
+    build_report(root, reference="zaremba")
+    with open(root / "report" / "report.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    names = {(r["variant"], r["settings"], r["evaluation_settings"]) for r in rows}
+    assert names == {
+        ("zaremba", "", "test_batch_size=20"),
+        ("zaremba", "", ""),
+        ("gal_tied", "", "test_batch_size=20"),
+    }
+    gal = next(r for r in rows if r["variant"] == "gal_tied")
+    assert gal["reference"] == "zaremba" and float(gal["test_minus_reference"]) == -5.0
+    markdown = (root / "report" / "report.md").read_text()
+    assert "standard (test_batch_size=20) / fp32: against `zaremba`" in markdown
+    caplog.clear()
+    build_report(root, reference="moon")
+    said = [r.getMessage() for r in caplog.records if "reference" in r.getMessage()]
+    assert len(said) == 1 and "'moon' is in no setting" in said[0] and "zaremba" in said[0]
+
+
+def test_a_mean_over_fewer_runs_than_the_row_says_how_many(tmp_path: Path) -> None:
+    root = tmp_path / "outputs"
+    for seed in (1, 2, 3):
+        fake_run(root, f"z{seed}", variant="zaremba", seed=seed, val=100, test=96 + seed)
+        if seed < 3:  # two of the three measured calibration
+            path = root / f"z{seed}" / "summary.json"
+            summary = json.loads(path.read_text()) | {"test_acc": 0.25, "test_ece": 0.01}
+            path.write_text(json.dumps(summary))
+    markdown = build_report(root).read_text()
+    table = markdown.split("## Calibration and uncertainty (test)")[1]
+    assert "| 0.2500 (2 of 3) |" in table and "| 0.0100 (2 of 3) |" in table
+
+
+def test_a_one_epoch_curve_has_whole_epoch_ticks() -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from rnnreg.reporting.render import epoch_axis
+
+    fig, ax = plt.subplots()
+    ax.plot([1], [120.0], "o")
+    epoch_axis(ax, 1)
+    fig.canvas.draw()
+    ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+    assert ticks == [1.0]
+    plt.close(fig)
+
+
+def test_trials_of_a_comparison_on_a_database_are_not_rows(tmp_path: Path) -> None:
+    """During tuning on PostgreSQL there is no journal.log nor study.json yet: the tune.json
+    written before the workers start marks the trials (no test split scored either)."""
+    from rnnreg.reporting.data import find_runs
+
+    root = tmp_path / "outputs"
+    fake_run(
+        root / "tune" / "cmp" / "zaremba", "trial_0000", variant="zaremba", seed=1, val=100, test=96
+    )
+    fake_run(root / "runs", "plain", variant="zaremba", seed=1, val=100, test=96)
+    assert len(find_runs(root)) == 2
+    (root / "tune" / "cmp" / "tune.json").write_text("{}")
+    assert [run.path.name for run in find_runs(root)] == ["plain"]

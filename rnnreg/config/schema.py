@@ -261,12 +261,17 @@ EXECUTION_SETTINGS = (
 )
 
 
+# Every key of the resolved config is one of three kinds, said here and nowhere else:
+# - neither: how a run was executed or which run of a series it is (EXECUTION_SETTINGS,
+#   NOT_OUTCOME_KEYS);
+# - evaluation: how the trained weights are evaluated once training ends
+#   (EVALUATION_SETTINGS);
+# - training: every other key, the trained configuration a report groups runs by.
+
 #: Keys of the resolved config, beside :data:`EXECUTION_SETTINGS`, that say how a run was
 #: executed or which run of a series it is, not what it computes: where the files lie, the
-#: LSTM path and its compiling (the same equations, rnnreg/model/lstm.py), how many MC
-#: replicas share a pass, whether calibration is measured too, the trackers, the seed
-#: and a fine-tune's source run. A report
-#: groups runs by every other key (:func:`outcome_settings`).
+#: LSTM path and its compiling (the same equations, rnnreg/model/lstm.py), the trackers,
+#: the seed and a fine-tune's source run.
 NOT_OUTCOME_KEYS = (
     "seed",
     "trainer.init_from",
@@ -276,10 +281,38 @@ NOT_OUTCOME_KEYS = (
     "model.compile",
     "model.compile_mode",
     "model.compile_block",
-    "eval.mc_replicas_per_pass",
-    "eval.uncertainty",
     "logger",
 )
+
+#: The settings of the evaluations that end a run (rnnreg/evaluation/final.py), each with
+#: the evaluations whose perplexity it decides. They are not the trained configuration: a
+#: report shows one configuration's evaluations as sub-rows of its group
+#: (rnnreg/reporting/data.py), and a resume may change them (rnnreg/training/resume.py).
+#: ``eval.bptt`` decides no number (the state is carried; only speed), nor do
+#: ``eval.mc_replicas_per_pass`` and ``eval.uncertainty`` (calibration measured beside).
+#: ``eval.batch_size`` is training's: validation picks the best epoch and the decay.
+EVALUATION_SETTINGS: dict[str, tuple[str, ...]] = {
+    "eval.test_weights": ("standard", "mc", "cache", "dynamic"),
+    "eval.test_batch_size": ("standard", "mc"),
+    "eval.bptt": (),
+    "eval.mc_samples": ("mc",),
+    "eval.mc_mask_draw": ("mc",),
+    "eval.mc_embedding_dropout": ("mc",),
+    "eval.mc_replicas_per_pass": (),
+    "eval.uncertainty": (),
+    "eval.cache": ("cache",),
+    "eval.dynamic": ("dynamic",),
+}
+
+
+def _under(key: str, names: Any) -> bool:
+    """Whether the dotted ``key`` is one of ``names`` or lies under one."""
+    return any(key == name or key.startswith(f"{name}.") for name in names)
+
+
+def is_evaluation_key(key: str) -> bool:
+    """Whether ``key`` is an evaluation setting (:data:`EVALUATION_SETTINGS`)."""
+    return _under(key, EVALUATION_SETTINGS)
 
 
 def flat_settings(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -298,11 +331,19 @@ def outcome_settings(config: dict[str, Any]) -> dict[str, Any]:
     """The settings that decide a run's numbers: the resolved ``config`` as dotted keys,
     without ``trainer.<EXECUTION_SETTINGS>`` and :data:`NOT_OUTCOME_KEYS`."""
     left_out = (*NOT_OUTCOME_KEYS, *(f"trainer.{name}" for name in EXECUTION_SETTINGS))
-    return {
-        key: value
-        for key, value in flat_settings(config).items()
-        if not any(key == out or key.startswith(f"{out}.") for out in left_out)
-    }
+    return {key: value for key, value in flat_settings(config).items() if not _under(key, left_out)}
+
+
+def training_settings(config: dict[str, Any]) -> dict[str, Any]:
+    """The trained configuration: :func:`outcome_settings` without the evaluation settings."""
+    return {k: v for k, v in outcome_settings(config).items() if not is_evaluation_key(k)}
+
+
+def evaluation_settings(config: dict[str, Any], evaluation: str) -> dict[str, Any]:
+    """The settings that decide the numbers of ``evaluation`` (``standard``, ``mc``,
+    ``cache``, ``dynamic``) of a run (:data:`EVALUATION_SETTINGS`)."""
+    deciding = [name for name, kinds in EVALUATION_SETTINGS.items() if evaluation in kinds]
+    return {k: v for k, v in flat_settings(config).items() if _under(k, deciding)}
 
 
 @dataclass

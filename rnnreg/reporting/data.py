@@ -17,19 +17,39 @@ import statistics
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from rnnreg import RnnregError
-from rnnreg.config.schema import GROUPS, group_options, outcome_settings
+from rnnreg.config.schema import (
+    GROUPS,
+    evaluation_settings,
+    flat_settings,
+    group_options,
+    training_settings,
+)
 from rnnreg.config.tune import COMPARISON_MARKER
 from rnnreg.reporting.lua_validation import per_token_from_printed
 from rnnreg.reporting.significance import Comparison, compare_to_reference, mean_interval
 
 log = logging.getLogger(__name__)
 
-#: dataset, model, variant, budget, evaluation, precision, and the digest of every other
-#: outcome setting (:func:`rnnreg.config.schema.outcome_settings`).
-Key = tuple[str, str, str, str, str, str, str]
+
+class Key(NamedTuple):
+    """What a report row is: one trained configuration (its dataset, model, variant,
+    budget, precision and the digest of every other training setting,
+    :func:`rnnreg.config.schema.training_settings`), evaluated one way (``evaluation``,
+    with ``evaluated``: that evaluation's settings that differ from its preset's, e.g.
+    ``K=100``). Rows of one configuration are sub-rows of one group."""
+
+    dataset: str
+    model: str
+    variant: str
+    budget: str
+    evaluation: str
+    precision: str
+    digest: str
+    evaluated: str = ""
+
 
 #: Outcome settings a label leaves out: the budget column shows them.
 BUDGET_SETTINGS = ("trainer.epochs", "trainer.max_steps")
@@ -54,12 +74,15 @@ REPORT_COLUMNS = (
     "settings",
     "budget",
     "evaluation",
+    "evaluation_settings",
     "precision",
     "runs",
     "seeds",
     "duplicate_seeds",
+    "val_runs",
     "val_mean",
     "val_std",
+    "test_runs",
     "test_mean",
     "test_std",
     "test_ci_low",
@@ -71,6 +94,7 @@ REPORT_COLUMNS = (
     "best_run",
     "best_val",
     "best_test",
+    "calibration_runs",
     *(f"test_{metric}" for metric in CALIBRATION),
     "tokens_per_s",
     "lstm_path",
@@ -80,6 +104,8 @@ REPORT_COLUMNS = (
     "paper_val_printed",
     "paper_test",
     "paper_confidence",
+    "paper_preset",
+    "paper_note",
     "test_minus_paper",
 )
 
@@ -126,15 +152,35 @@ class Run:
         return "fp32"
 
     @functools.cached_property
-    def outcome(self) -> dict[str, Any]:
-        """The settings that decide this run's numbers, as dotted keys."""
+    def config(self) -> dict[str, Any]:
+        """The run's resolved config (empty for a summary without one)."""
         config = self.summary.get("config")
-        return outcome_settings(config) if isinstance(config, dict) else {}
+        return config if isinstance(config, dict) else {}
+
+    @functools.cached_property
+    def training(self) -> dict[str, Any]:
+        """The settings of the trained configuration, as dotted keys."""
+        return training_settings(self.config)
+
+    def evaluation_label(self, evaluation: str) -> str:
+        """The settings of ``evaluation`` that differ from those of the preset the run was
+        composed from (the schema's defaults where it no longer composes):
+        ``test_batch_size=20``; MC always shows its K first (``K=100``)."""
+        settings = evaluation_settings(self.config, evaluation)
+        preset = composed_config(self.preset_choices())
+        defaults = flat_settings(preset["eval"], "eval.") if preset else default_evaluation()
+        parts = [f"K={settings['eval.mc_samples']}"] if "eval.mc_samples" in settings else []
+        parts += [
+            f"{key.removeprefix('eval.')}={label_value(value)}"
+            for key, value in sorted(settings.items())
+            if key != "eval.mc_samples" and defaults.get(key, value) != value
+        ]
+        return ", ".join(parts)
 
     def key(self, evaluation: str) -> Key:
         s = self.summary
-        canonical = json.dumps(self.outcome, sort_keys=True, default=str)
-        return (
+        canonical = json.dumps(self.training, sort_keys=True, default=str)
+        return Key(
             str(s.get("dataset")),
             str(s.get("model")),
             self.variant_label,
@@ -142,6 +188,7 @@ class Run:
             evaluation,
             self.precision,
             hashlib.sha1(canonical.encode()).hexdigest(),
+            self.evaluation_label(evaluation),
         )
 
     def preset_choices(self) -> tuple[str, ...]:
@@ -160,14 +207,16 @@ class Run:
         )
 
     def settings_label(self) -> str:
-        """What differs from the preset the run was composed from: ``variant.p_input=0.2``."""
-        preset = preset_outcome(self.preset_choices())
+        """What the trained configuration changed from the preset the run was composed
+        from: ``variant.p_input=0.2`` (evaluation settings are the sub-rows' own)."""
+        preset = composed_config(self.preset_choices())
         if preset is None:
             return "preset unknown"
+        theirs = training_settings(preset)
         return ", ".join(
             f"{key}={label_value(value)}"
-            for key, value in sorted(self.outcome.items())
-            if key in preset and preset[key] != value and key not in BUDGET_SETTINGS
+            for key, value in sorted(self.training.items())
+            if key in theirs and theirs[key] != value and key not in BUDGET_SETTINGS
         )
 
     def metrics(self) -> list[dict[str, str]]:
@@ -180,7 +229,8 @@ class Run:
 
 @dataclass
 class Group:
-    """Finished runs of one configuration: one per seed, the same seed again set apart."""
+    """Finished runs of one trained configuration evaluated one way: one per seed, the same
+    seed again set apart."""
 
     key: Key
     label: str = ""
@@ -235,7 +285,8 @@ def is_trial(run_dir: Path) -> bool:
 
 
 def group_runs(runs: list[Run]) -> list[Group]:
-    """Finished runs grouped by every outcome setting, never two configurations in one
+    """Finished runs grouped by their trained configuration, one group per evaluation and
+    its settings (the sub-rows of one configuration), never two configurations in one
     mean; labels that would be equal for different settings get the settings' digest."""
     groups: dict[Key, Group] = {}
     for run in runs:
@@ -250,7 +301,7 @@ def group_runs(runs: list[Run]) -> list[Group]:
             groups[key].add(run)
     named: dict[tuple[str, ...], list[Group]] = defaultdict(list)
     for group in groups.values():
-        named[(*group.key[:6], group.label)].append(group)
+        named[(*group.key[:6], group.key.evaluated, group.label)].append(group)
     for same in named.values():
         for group in same[1:]:
             group.label = ", ".join(filter(None, [group.label, f"#{group.key[6][:6]}"]))
@@ -258,9 +309,9 @@ def group_runs(runs: list[Run]) -> list[Group]:
 
 
 @functools.cache
-def preset_outcome(choices: tuple[str, ...]) -> dict[str, Any] | None:
-    """The outcome settings of the config these group choices compose, or None when they
-    no longer compose (a preset renamed since the run)."""
+def composed_config(choices: tuple[str, ...]) -> dict[str, Any] | None:
+    """The resolved config these group choices (or overrides) compose, as plain types, or
+    None when they no longer compose (a preset renamed since the run)."""
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
@@ -271,9 +322,21 @@ def preset_outcome(choices: tuple[str, ...]) -> dict[str, Any] | None:
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             cfg = compose("config", overrides=list(choices))
-        return outcome_settings(as_plain_dict(to_run_config(cfg)))
+        return as_plain_dict(to_run_config(cfg))
     except (HydraException, OmegaConfBaseException, RnnregError, ValueError):
         return None
+
+
+@functools.cache
+def default_evaluation() -> dict[str, Any]:
+    """The schema's evaluation settings by default, as dotted ``eval.*`` keys."""
+    from omegaconf import OmegaConf
+
+    from rnnreg.config.schema import EvalConfig
+
+    container = OmegaConf.to_container(OmegaConf.structured(EvalConfig), enum_to_str=True)
+    assert isinstance(container, dict)
+    return flat_settings(container, "eval.")
 
 
 def pooled_bins(runs: list[Run], name: str) -> dict[str, list[float]] | None:
@@ -313,6 +376,70 @@ def published_for(key: Key, rows: list[dict[str, str]]) -> dict[str, str] | None
     return None
 
 
+def differences(ours: dict[str, Any], theirs: dict[str, Any]) -> list[str]:
+    """``key ours ≠ theirs`` for every key both hold with different values (a key only one
+    side knows is a setting added to the schema since: its default kept the old rule)."""
+    return [
+        f"{key} {label_value(ours[key])} ≠ {label_value(theirs[key])}"
+        for key in sorted(ours.keys() & theirs.keys())
+        if ours[key] != theirs[key]
+    ]
+
+
+def _first(gaps: list[str], shown: int = 2) -> str:
+    more = f" (+{len(gaps) - shown} more)" if len(gaps) > shown else ""
+    return "; ".join(gaps[:shown]) + more
+
+
+def protocol_gap(run: Run, evaluation: str, row: dict[str, str]) -> str | None:
+    """Why the published ``row`` does not belong beside ``run`` evaluated as
+    ``evaluation``, or None when it does: the run's training configuration equals the
+    row's preset's key for key (epochs included), and its evaluation settings equal the
+    preset's (K aside: :func:`k_note`)."""
+    if not row.get("preset"):
+        return f"no preset follows {row['paper']}'s protocol"
+    preset = composed_config((f"experiment={row['preset']}",))
+    if preset is None:
+        return f"preset {row['preset']} does not compose"
+    gaps = differences(run.training, training_settings(preset))
+    if gaps:
+        return "not the preset: " + _first(gaps)
+    ours, theirs = (
+        evaluation_settings(run.config, evaluation),
+        evaluation_settings(preset, evaluation),
+    )
+    gaps = [gap for gap in differences(ours, theirs) if not gap.startswith("eval.mc_samples ")]
+    return "not the preset's evaluation: " + _first(gaps) if gaps else None
+
+
+def k_note(run: Run, row: dict[str, str]) -> str | None:
+    """``K=100 here, K=1000 in the paper`` where only the MC sample count differs."""
+    theirs = row.get("mc_samples")
+    ours = evaluation_settings(run.config, "mc").get("eval.mc_samples")
+    if row.get("evaluation") != "mc" or not theirs or ours is None or int(theirs) == ours:
+        return None
+    return f"K={ours} here, K={theirs} in the paper"
+
+
+def paper_for(
+    group: Group, published: list[dict[str, str]]
+) -> tuple[dict[str, str] | None, str | None]:
+    """The published row set beside ``group`` and a note (both K where they differ), or
+    None and one line saying why not (None when no paper reports this variant)."""
+    key = group.key
+    wanted = (key.dataset, key.model, key.variant, key.evaluation)
+    rows = [
+        r for r in published if (r["dataset"], r["model"], r["variant"], r["evaluation"]) == wanted
+    ]
+    gaps = []
+    for row in sorted(rows, key=lambda r: not r.get("preset")):  # rows with a preset first
+        gap = protocol_gap(group.runs[0], key.evaluation, row)
+        if gap is None:
+            return row, k_note(group.runs[0], row)
+        gaps.append(gap)
+    return None, gaps[0] if gaps else None
+
+
 def printed_val(row: dict[str, str] | None) -> float | None:
     """A published row's validation perplexity as the paper printed it."""
     return float(row["val_ppl"]) if row and row.get("val_ppl") else None
@@ -335,30 +462,34 @@ def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
 
 
 def summarise(group: Group, published: list[dict[str, str]]) -> dict[str, Any]:
-    suffix = EVALUATION_SUFFIX[group.key[4]]
-    val_mean, val_std = _mean_std(group.values("val_ppl" if suffix else "best_val_ppl"))
+    suffix = EVALUATION_SUFFIX[group.key.evaluation]
+    vals = group.values("val_ppl" if suffix else "best_val_ppl")
+    val_mean, val_std = _mean_std(vals)
     tests = group.values("test_ppl")
     test_mean, test_std = _mean_std(tests)
     interval = mean_interval(tests)
     best = min(group.runs, key=lambda r: r.summary.get("best_val_ppl") or math.inf)
     rates = [float(r.summary["tokens_per_s"]) for r in group.runs if r.summary.get("tokens_per_s")]
-    paper = None if group.label else published_for(group.key, published)  # the preset's row
+    paper, paper_note = paper_for(group, published)
     seeds = sorted({r.summary.get("seed") for r in group.runs}, key=str)
     twice = sorted({r.summary.get("seed") for r in group.duplicates}, key=str)
     paper_test = float(paper["test_ppl"]) if paper and paper["test_ppl"] else None
     return {
-        "dataset": group.key[0],
-        "model": group.key[1],
-        "variant": group.key[2],
+        "dataset": group.key.dataset,
+        "model": group.key.model,
+        "variant": group.key.variant,
         "settings": group.label,
-        "budget": group.key[3],
-        "evaluation": group.key[4],
-        "precision": group.key[5],
+        "budget": group.key.budget,
+        "evaluation": group.key.evaluation,
+        "evaluation_settings": group.key.evaluated,
+        "precision": group.key.precision,
         "runs": len(group.runs),
         "seeds": " ".join(str(seed) for seed in seeds),
         "duplicate_seeds": " ".join(str(seed) for seed in twice),
+        "val_runs": len(vals),
         "val_mean": val_mean,
         "val_std": val_std,
+        "test_runs": len(tests),
         "test_mean": test_mean,
         "test_std": test_std,
         "test_ci_low": interval.low if interval else None,
@@ -375,19 +506,23 @@ def summarise(group: Group, published: list[dict[str, str]]) -> dict[str, Any]:
             sorted({str(r.summary["lstm_path"]) for r in group.runs if r.summary.get("lstm_path")})
         ),
         "params": group.runs[0].summary.get("params"),
+        "calibration_runs": len(group.values("test_acc")),
         **{f"test_{m}": _mean_std(group.values(f"test_{m}"))[0] for m in CALIBRATION},
         "paper": paper["paper"] if paper else None,
         "paper_val": paper_val(paper),
         "paper_val_printed": printed_val(paper),
         "paper_test": paper_test,
         "paper_confidence": paper["confidence"] if paper else None,
+        "paper_preset": paper.get("preset") if paper else None,
+        "paper_note": paper_note,
         "test_minus_paper": (test_mean - paper_test)
         if test_mean is not None and paper_test is not None
         else None,
     }
 
 
-Setting = tuple[str, str, str, str, str]  # dataset, model, budget, evaluation, precision
+#: dataset, model, budget, evaluation, its settings, precision: the rows compared together.
+Setting = tuple[str, str, str, str, str, str]
 
 
 def row_name(row: dict[str, Any]) -> str:
@@ -395,27 +530,58 @@ def row_name(row: dict[str, Any]) -> str:
     return f"{row['variant']} ({row['settings']})" if row["settings"] else str(row["variant"])
 
 
+def setting_of(key: Key) -> Setting:
+    return (key.dataset, key.model, key.budget, key.evaluation, key.evaluated, key.precision)
+
+
+def resolve_reference(variants: dict[str, str], reference: str) -> str | None:
+    """The group (name -> variant, one setting) that ``reference`` names: a group's own
+    name, else the one group of that variant, else that variant's group at its preset
+    (no label); None when it is absent or ambiguous."""
+    if reference in variants:
+        return reference
+    named = [name for name, variant in variants.items() if variant == reference]
+    if len(named) == 1:
+        return named[0]
+    return reference if reference in named else None
+
+
 def compare_groups(
     groups: list[Group], rows: list[dict[str, Any]], reference: str
 ) -> dict[Setting, list[Comparison]]:
-    """Welch + Holm of every group against ``reference`` (a variant at its preset, or a
-    group's name: ``zaremba (variant.p_input=0.2)``) within each setting; the rows gain
-    ``reference``, ``test_minus_reference`` and ``p_holm``."""
+    """Welch + Holm of every group against ``reference`` (a variant, found by variant, or
+    a group's name: ``zaremba (variant.p_input=0.2)``) within each setting; the rows gain
+    ``reference``, ``test_minus_reference`` and ``p_holm``. One logged line when the
+    reference is in no setting."""
     values: dict[Setting, dict[str, list[float]]] = defaultdict(dict)
+    variants: dict[Setting, dict[str, str]] = defaultdict(dict)
     for group in groups:
-        dataset, model, _variant, budget, evaluation, precision, _digest = group.key
-        setting = (dataset, model, budget, evaluation, precision)
-        values[setting][group.name] = group.values("test_ppl")
-    comparisons = {
-        setting: found
-        for setting, by_variant in sorted(values.items())
-        if (found := compare_to_reference(by_variant, reference))
-    }
+        values[setting_of(group.key)][group.name] = group.values("test_ppl")
+        variants[setting_of(group.key)][group.name] = group.key.variant
+    comparisons = {}
+    for setting, by_name in sorted(values.items()):
+        found = resolve_reference(variants[setting], reference)
+        if found is not None and (compared := compare_to_reference(by_name, found)):
+            comparisons[setting] = compared
+    if groups and not any(resolve_reference(names, reference) for names in variants.values()):
+        present = sorted({group.key.variant for group in groups})
+        log.warning(
+            "reference %r is in no setting of the report, nothing compared; --reference one of: %s",
+            reference,
+            ", ".join(present),
+        )
     for row in rows:
-        setting = (row["dataset"], row["model"], row["budget"], row["evaluation"], row["precision"])
+        setting = (
+            row["dataset"],
+            row["model"],
+            row["budget"],
+            row["evaluation"],
+            row["evaluation_settings"],
+            row["precision"],
+        )
         for c in comparisons.get(setting, []):
             if c.variant == row_name(row):
-                row["reference"], row["test_minus_reference"] = reference, c.difference
+                row["reference"], row["test_minus_reference"] = c.reference, c.difference
                 row["p_holm"] = c.p_holm
     return comparisons
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import statistics
 import textwrap
 from collections import defaultdict
@@ -54,6 +55,32 @@ def _vs(r: dict[str, Any]) -> str:
     return f"{r['test_minus_reference']:+.2f} (p = {r['p_holm']:.3g}){mark}"
 
 
+def _counted(cell: str, covered: int | None, runs: int) -> str:
+    """A mean's cell, with ``(n of N)`` where it covers fewer runs than the row."""
+    if not cell or covered is None or covered >= runs:
+        return cell
+    return f"{cell} ({covered} of {runs})"
+
+
+def eval_cell(r: dict[str, Any]) -> str:
+    """The evaluation of a sub-row and its settings: ``mc (K=100)``."""
+    settings = r.get("evaluation_settings")
+    return f"{r['evaluation']} ({settings})" if settings else str(r["evaluation"])
+
+
+def paper_cell(r: dict[str, Any]) -> str:
+    """The paper's validation / test beside a row at its preset (with both K where only K
+    differs), else why not, in italics."""
+    if not r["paper"]:
+        return f"*{r['paper_note']}*" if r.get("paper_note") else ""
+    star = "*" if r["paper_confidence"] == "low" else ""
+    cell = (
+        f"{val_cell(r['paper_val'], r['paper_val_printed'])} / "
+        f"{_fmt(r['paper_test'], 1) or '–'}{star} ({r['paper']})"
+    )
+    return f"{cell}; {r['paper_note']}" if r.get("paper_note") else cell
+
+
 def _seeds(r: dict[str, Any]) -> str:
     """``2 (1 2)``, and the seeds run twice, counted once: ``⚠ seed 1 twice``."""
     cell = f"{r['runs']} ({r['seeds']})"
@@ -86,8 +113,12 @@ def write_markdown(
         "difference in mean test perplexity to the reference variant, with Welch's p-value "
         "corrected by Holm's method over the variants of the setting; `†` marks p < 0.05. "
         "`*` marks a published number of low confidence (quoted from memory; verify). "
-        "A variant's settings in parentheses are what its runs changed from its preset; "
-        "only the preset itself is set beside the paper.",
+        "A variant's settings in parentheses are what its trained configuration changed "
+        "from its preset; an evaluation's settings in parentheses (`mc (K=100)`) make "
+        "sub-rows of one trained configuration. A paper's number stands only beside a row "
+        "whose training configuration and evaluation settings are its preset's "
+        "(published.csv `preset`); otherwise the column says why not. `(n of N)`: a mean "
+        "over fewer runs than the row's.",
         "",
         "| dataset | model | variant | budget | eval | precision | runs (seeds) | val ppl "
         "| test ppl | test 95% CI | vs ref (p) | best run (val / test) | tokens/s | LSTM path "
@@ -95,28 +126,21 @@ def write_markdown(
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        star = "*" if r["paper_confidence"] == "low" else ""
-        paper = (
-            (
-                f"{val_cell(r['paper_val'], r['paper_val_printed'])} / "
-                f"{_fmt(r['paper_test'], 1) or '–'}{star} "
-                f"({r['paper']})"
-            )
-            if r["paper"]
-            else ""
-        )
+        val = _counted(_pm(r["val_mean"], r["val_std"]), r.get("val_runs"), r["runs"])
+        test = _counted(_pm(r["test_mean"], r["test_std"]), r.get("test_runs"), r["runs"])
         lines.append(
             f"| {r['dataset']} | {r['model']} | {row_name(r)} | {r['budget']} "
-            f"| {r['evaluation']} | {r['precision']} | "
-            f"{_seeds(r)} | {_pm(r['val_mean'], r['val_std'])} | "
-            f"{_pm(r['test_mean'], r['test_std'])} | {_ci(r)} | {_vs(r)} | "
+            f"| {eval_cell(r)} | {r['precision']} | "
+            f"{_seeds(r)} | {val} | {test} | {_ci(r)} | {_vs(r)} | "
             f"`{Path(r['best_run']).name}` "
             f"({_fmt(r['best_val'])} / {_fmt(r['best_test'])}) | {_fmt(r['tokens_per_s'], 0)} | "
-            f"{r['lstm_path']} | {_fmt(r['params'])} | {paper} | {_fmt(r['test_minus_paper'])} |"
+            f"{r['lstm_path']} | {_fmt(r['params'])} | {paper_cell(r)} "
+            f"| {_fmt(r['test_minus_paper'])} |"
         )
     lines += calibration_table(rows)
     for setting, found in (comparisons or {}).items():
-        dataset, model, budget, evaluation, precision = setting
+        dataset, model, budget, evaluation, evaluated, precision = setting
+        evaluation += f" ({evaluated})" if evaluated else ""
         lines += [
             "",
             f"## {dataset} / {model} / {budget} / {evaluation} / {precision}: against "
@@ -161,7 +185,8 @@ def calibration_table(rows: list[dict[str, Any]]) -> list[str]:
         "",
         "## Calibration and uncertainty (test)",
         "",
-        "Means over a group's runs. Accuracy: top-1; Brier: multiclass; ECE: top label, 15 "
+        "Means over the runs of a group that measured them (`(n of N)` where fewer than "
+        "the group's runs did). Accuracy: top-1; Brier: multiclass; ECE: top label, 15 "
         "equal-width bins; MI: mutual information of the MC samples (BALD); AUROC: how "
         "well a score ranks the errors above the correct predictions (0.5: no better than "
         "chance), for 1 − max probability, predictive entropy and MI.",
@@ -173,8 +198,9 @@ def calibration_table(rows: list[dict[str, Any]]) -> list[str]:
     for r in measured:
         cells = [_fmt(r[f"test_{m}"], 4) for m in ("acc", "brier", "ece", "mi")]
         cells += [_fmt(r[f"test_auroc_{m}"], 3) for m in ("maxprob", "entropy", "mi")]
+        cells = [_counted(cell, r.get("calibration_runs"), r["runs"]) for cell in cells]
         lines.append(
-            f"| {r['dataset']} | {r['model']} | {row_name(r)} | {r['evaluation']} "
+            f"| {r['dataset']} | {r['model']} | {row_name(r)} | {eval_cell(r)} "
             f"| {_fmt(r['test_mean'])} | " + " | ".join(cells) + " |"
         )
     return lines
@@ -210,7 +236,8 @@ def plot_reliability(groups: list[Group], out: Path) -> list[Path]:
             ax.legend(fontsize=7, loc="upper left")
         title = f"{group.key[0]} / {group.key[1]} / {group.name} ({group.key[3]}): test"
         fig.suptitle(_wrap(title, 100), fontsize=9)
-        slug = "_".join((group.key[0], group.key[1], group.key[2], group.key[6][:8]))
+        evaluated = hashlib.sha1(group.key.evaluated.encode()).hexdigest()[:4]
+        slug = "_".join((group.key[0], group.key[1], group.key[2], group.key[6][:8], evaluated))
         written.append(_save(fig, out / f"reliability_{slug}.png"))
     return written
 
@@ -240,14 +267,14 @@ def plot_figures(groups: list[Group], rows: list[dict[str, Any]], out: Path) -> 
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
 
     out.mkdir(parents=True, exist_ok=True)
     written = []
     settings = sorted({(g.key[0], g.key[1]) for g in groups})
     for dataset, model in settings:
-        curves = [g for g in groups if g.key[:2] == (dataset, model) and g.key[4] == "standard"]
+        curves = trained_once([g for g in groups if g.key[:2] == (dataset, model)])
         fig, ax = plt.subplots(figsize=(9, 4.5))
+        last = 1
         for group in curves:
             by_epoch: dict[int, list[float]] = defaultdict(list)
             for run in group.runs:
@@ -256,16 +283,16 @@ def plot_figures(groups: list[Group], rows: list[dict[str, Any]], out: Path) -> 
             epochs = sorted(by_epoch)
             if not epochs:
                 continue
+            last = max(last, epochs[-1])
             means = [statistics.fmean(by_epoch[e]) for e in epochs]
             lows = [min(by_epoch[e]) for e in epochs]
             highs = [max(by_epoch[e]) for e in epochs]
-            ax.plot(
-                epochs,
-                means,
-                marker="o",
-                markersize=3,
-                label=_wrap(f"{group.name} ({group.key[3]})"),
-            )
+            label = _wrap(f"{group.name} ({group.key[3]})")
+            if len(epochs) == 1:  # one epoch: a marker with its min–max bar
+                spread = [[means[0] - lows[0]], [highs[0] - means[0]]]
+                ax.errorbar(epochs, means, yerr=spread, fmt="o", capsize=4, label=label)
+                continue
+            ax.plot(epochs, means, marker="o", markersize=3, label=label)
             ax.fill_between(epochs, lows, highs, alpha=0.2)
         ax.set(
             xlabel="epoch",
@@ -273,7 +300,7 @@ def plot_figures(groups: list[Group], rows: list[dict[str, Any]], out: Path) -> 
             yscale="log",
             title=f"{dataset} / {model}: validation perplexity (band: min–max over seeds)",
         )
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        epoch_axis(ax, last)
         plain_log_ticks(ax.yaxis)
         ax.tick_params(axis="y", which="minor", labelsize=7)
         ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))  # off the curves
@@ -289,6 +316,27 @@ def plot_figures(groups: list[Group], rows: list[dict[str, Any]], out: Path) -> 
         ax.set(ylabel="test perplexity", title=f"{dataset} / {model}: test perplexity")
         written.append(_save(fig, out / f"test_{dataset}_{model}.png"))
     return written + plot_reliability(groups, out)
+
+
+def trained_once(groups: list[Group]) -> list[Group]:
+    """One group per trained configuration (its standard evaluation's first sub-row): the
+    validation curve is training's, the same for every evaluation of the weights."""
+    seen, once = set(), []
+    for group in groups:
+        trained = (*group.key[:4], group.key.precision, group.key.digest)
+        if group.key.evaluation == "standard" and trained not in seen:
+            seen.add(trained)
+            once.append(group)
+    return once
+
+
+def epoch_axis(ax: Any, last: int) -> None:
+    """Whole epochs 1..``last`` on the x axis, with half an epoch of margin: integer ticks
+    even for a single epoch (MaxNLocator's default asks for two integers in view)."""
+    from matplotlib.ticker import MaxNLocator
+
+    ax.set_xlim(0.5, last + 0.5)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
 
 
 def draw_test_points(ax: Any, rows: list[dict[str, Any]]) -> None:
@@ -307,7 +355,7 @@ def draw_test_points(ax: Any, rows: list[dict[str, Any]]) -> None:
     paper = [(x + 0.1, r["paper_test"]) for x, r in zip(xs, rows, strict=True) if r["paper_test"]]
     if paper:
         ax.plot(*zip(*paper, strict=True), "s", label="paper (after its full training protocol)")
-    labels = [f"{_wrap(row_name(r), 24)}\n{r['budget']}\n{r['evaluation']}" for r in rows]
+    labels = [f"{_wrap(row_name(r), 24)}\n{r['budget']}\n{eval_cell(r)}" for r in rows]
     ax.set_xticks(xs, labels, fontsize=7)
     ax.set_xlim(-0.5, len(rows) - 0.5)
     ax.legend(fontsize=8)

@@ -14,15 +14,16 @@ from pathlib import Path
 from typing import Any
 
 from rnnreg import RnnregError
-from rnnreg.config.schema import EXECUTION_SETTINGS
+from rnnreg.config.schema import EXECUTION_SETTINGS, is_evaluation_key
 from rnnreg.records.checkpoint import LAST, load_checkpoint, previous_checkpoint
 
 log = logging.getLogger(__name__)
 
 
-#: Settings a resumed run may change: they extend the run or say how it runs or is
-#: evaluated afterwards, not what its checkpoint already holds (everything else must
-#: match the checkpoint's config: model, variant, optimizer, dataset, seed, batches).
+#: Settings a resumed run may change beside the evaluation settings
+#: (:func:`rnnreg.config.schema.is_evaluation_key`): they extend the run or say how it runs
+#: or is recorded, not what its checkpoint already holds (everything else must match the
+#: checkpoint's config: model, variant, optimizer, dataset, seed, batches).
 RESUMABLE_CHANGES = (
     *(f"trainer.{name}" for name in (*EXECUTION_SETTINGS, "epochs", "max_steps")),
     "model.compile",
@@ -31,23 +32,13 @@ RESUMABLE_CHANGES = (
     "model.lstm_impl",
     "dataset.data_dir",
     "dataset.cache_dir",
-    *(
-        f"eval.{name}"
-        for name in (
-            "test_batch_size",
-            "bptt",
-            "mc_samples",
-            "mc_replicas_per_pass",
-            "mc_mask_draw",
-            "mc_embedding_dropout",
-            "test_weights",
-        )
-    ),
 )
 
 
-#: Groups of settings that only say how a run is evaluated afterwards.
-RESUMABLE_PREFIXES = ("eval.cache.", "eval.dynamic.", "logger.")
+def resumable(key: str) -> bool:
+    """Whether a resume may change ``key``: :data:`RESUMABLE_CHANGES`, an evaluation
+    setting, or the trackers (``logger.*``)."""
+    return key in RESUMABLE_CHANGES or is_evaluation_key(key) or key.startswith("logger.")
 
 
 def _flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -69,9 +60,7 @@ def changed_settings(saved: dict[str, Any], current: dict[str, Any]) -> list[str
     return sorted(
         key
         for key in old.keys() & new.keys()
-        if key not in RESUMABLE_CHANGES
-        and not key.startswith(RESUMABLE_PREFIXES)
-        and old[key] != new[key]
+        if not resumable(key) and old[key] != new[key]
     )
 
 
