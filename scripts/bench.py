@@ -37,6 +37,7 @@ from hydra import compose, initialize_config_dir
 
 from rnnreg.config.schema import CONF_DIR, group_options, register, to_run_config
 from rnnreg.core.malloc import tune_malloc
+from rnnreg.core.precision import apply_precision
 from rnnreg.data.corpus import Corpus
 from rnnreg.training.trainer import Trainer
 
@@ -130,9 +131,12 @@ def peak_mb(device: torch.device) -> float:
 
 
 def run_steps(case: Case, steps: int, position: list[int]) -> float:
-    """Seconds for ``steps`` trainer steps of this case's shape (device synchronised)."""
+    """Seconds for ``steps`` trainer steps of this case's shape (device synchronised),
+    under this case's precision: the backend flags are process-wide and every Trainer
+    built sets them for the whole process, so they are set again before each timing."""
     trainer = case.trainer
     assert trainer is not None
+    apply_precision(trainer.run.trainer.precision.value)
     bptt = trainer.run.trainer.bptt
     data = trainer.train_data
     synchronize(trainer.device)

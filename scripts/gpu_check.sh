@@ -1,18 +1,24 @@
 #!/usr/bin/env bash
 # make gpu-check: rnnreg on a GPU as a product, in one command and at most 9 minutes.
 #
-#   1. the tests marked `gpu` (the device-agnostic tests' cuda half),
-#   2. scripts/bench.py: the trainer's step at small, medium and large (tokens/s, ratio to
-#      cuDNN `none`, max_memory_allocated), every variant at medium,
-#   3. experiment=zaremba_large for the time that is left: epochs done, validation
+#   0. dependencies: the distributions of scripts/gpu_pack.txt this Python lacks, installed
+#      from $GPU_CHECK_WHEELS (default .gpu/wheels, made by `make gpu-pack`);
+#   1. machine: the GPU, CUDA and host (rnnreg/records/provenance.py machine_description);
+#   2. tests: the tests marked `gpu` (the device-agnostic tests' cuda half);
+#   3. bench: scripts/bench.py, the trainer's step at small, medium and large (tokens/s,
+#      ratio to cuDNN `none`, max_memory_allocated), every variant at medium;
+#   4. large: experiment=zaremba_large for the time that is left: epochs done, validation
 #      perplexity, tokens/s and the projected wall time of its 55 epochs.
 #
-# Everything goes to one folder, $GPU_CHECK_OUT (default outputs/gpu-check): gpu-tests.log,
+# Every step runs even when one before it failed, records its status in steps.tsv, and
+# report.md lists them all; missing wheels or a failed install end the check early with
+# exit 2, the report saying what is missing. Everything goes to one folder,
+# $GPU_CHECK_OUT (default outputs/gpu-check): steps.tsv, machine.txt, gpu-tests.log,
 # bench.md, bench.log, zaremba_large.log, zaremba_large/ (the run), report.md.
-# It fetches nothing: a machine without hydra-core/omegaconf installs them from
-# $GPU_CHECK_WHEELS (default .gpu/wheels, made by `make gpu-pack`, which also copies the
-# PTB files to .gpu/data). On a machine without a GPU it prints one line and exits 0.
-# GPU_CHECK_DEVICE=cpu rehearses the whole script on a CPU (with a small GPU_CHECK_BUDGET_S).
+# It fetches nothing. On a machine without a GPU it prints one line and exits 0;
+# GPU_CHECK_DEVICE=cpu rehearses the whole script on a CPU (with a small
+# GPU_CHECK_BUDGET_S); GPU_CHECK_STEPS="machine tests" runs only the steps named.
+# Exit status: 0 when every step that ran is ok, 1 when one failed, 2 without dependencies.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -20,6 +26,7 @@ PY=${PYTHON:-python3}
 BUDGET_S=${GPU_CHECK_BUDGET_S:-540}
 OUT=${GPU_CHECK_OUT:-outputs/gpu-check}
 WHEELS=${GPU_CHECK_WHEELS:-.gpu/wheels}
+STEPS=" ${GPU_CHECK_STEPS:-machine tests bench large} "
 START=$(date +%s)
 left() { echo $((BUDGET_S - ($(date +%s) - START))); }
 # a step's time limit: what it wants, never past the whole budget (30 s kept for the report)
@@ -32,15 +39,49 @@ if [ "$DEVICE" = cuda ] && ! "$PY" -c 'import torch, sys; sys.exit(0 if torch.cu
 fi
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
+rm -f "$OUT/steps.tsv" "$OUT/machine.txt" "$OUT/report.md"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-if ! "$PY" -c 'import hydra, omegaconf' 2>/dev/null; then
-    if ! ls "$WHEELS"/*.whl >/dev/null 2>&1; then
-        echo "gpu-check: hydra-core/omegaconf are missing and $WHEELS has no wheels; run make gpu-pack where pip works, and carry .gpu"
-        exit 2
+
+# record STEP STATUS NOTE: one line of steps.tsv
+record() { printf '%s\t%s\t%s\n' "$1" "$2" "${3:-}" >>"$OUT/steps.tsv"; echo "  $1: $2${3:+ ($3)}"; }
+# status RC: ok, or failed with the exit code (124: the step's time limit)
+status() { case "$1" in 0) echo ok ;; 124) echo "stopped at its time limit" ;; *) echo "failed (rc $1)" ;; esac; }
+wanted() { [[ "$STEPS" == *" $1 "* ]]; }
+report() { "$PY" scripts/gpu_report.py "$OUT" "$(( $(date +%s) - START ))" | tee "$OUT/report.md"; }
+finish() {  # finish RC [REASON]: the steps left unrun, the report, exit RC
+    for step in machine tests bench large; do
+        grep -q "^$step	" "$OUT/steps.tsv" 2>/dev/null || record "$step" "not run" "${2:-}"
+    done
+    report
+    echo "gpu-check: everything is in $OUT"
+    exit "$1"
+}
+
+# 0. dependencies
+echo "gpu-check: 0/4 dependencies"
+MISSING=$("$PY" scripts/gpu_report.py --missing 2>&1) || MISSING="(python failed: $MISSING)"
+if [ -n "$MISSING" ]; then
+    FOUND=() ABSENT=()
+    for dist in $MISSING; do
+        name=$(echo "${dist%%==*}" | tr 'A-Z.-' 'a-z__')
+        wheel=$(ls "$WHEELS" 2>/dev/null | awk -v n="$name" 'tolower($0) ~ "^"n"-" {print; exit}')
+        if [ -n "$wheel" ]; then FOUND+=("$WHEELS/$wheel"); else ABSENT+=("$dist"); fi
+    done
+    if [ ${#ABSENT[@]} -gt 0 ]; then
+        record dependencies "missing" "no wheel in $WHEELS for ${ABSENT[*]}: run make gpu-pack where pip works, and carry .gpu"
+        finish 2 "dependencies missing"
     fi
+    RC=0
     "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-        --target /tmp/rnnreg-site "$WHEELS"/*.whl || exit 2
+        --target /tmp/rnnreg-site "${FOUND[@]}" >"$OUT/pip.log" 2>&1 || RC=$?
+    if [ $RC -ne 0 ]; then
+        record dependencies "failed (rc $RC)" "pip could not install ${MISSING}: $(tail -1 "$OUT/pip.log")"
+        finish 2 "dependencies not installed"
+    fi
     export PYTHONPATH="$PYTHONPATH:/tmp/rnnreg-site"
+    record dependencies ok "installed from $WHEELS: $MISSING"
+else
+    record dependencies ok "all present"
 fi
 if [ -z "${RNNREG_DATA_DIR:-}" ]; then
     for candidate in .gpu/data ../shared/data data; do
@@ -48,80 +89,69 @@ if [ -z "${RNNREG_DATA_DIR:-}" ]; then
     done
 fi
 export CUBLAS_WORKSPACE_CONFIG=${CUBLAS_WORKSPACE_CONFIG:-:4096:8}
-"$PY" - "$DEVICE" >"$OUT/machine.txt" <<'EOF'
-import os, sys, torch
-from rnnreg.runtime import cpu_model
-if sys.argv[1] == "cuda":
-    p = torch.cuda.get_device_properties(0)
-    print(f"gpu: {p.name}, {p.total_memory / 2**30:.0f} GiB, {p.multi_processor_count} SMs; "
-          f"torch {torch.__version__}, CUDA {torch.version.cuda}, "
-          f"cuDNN {torch.backends.cudnn.version()}; host {cpu_model()}, {os.cpu_count()} CPUs")
-else:
-    print(f"rehearsal on the CPU: {cpu_model()}, torch {torch.__version__}")
-EOF
-cat "$OUT/machine.txt"
 
-# 1. the gpu tests (at most a quarter of the budget)
-echo "gpu-check: 1/3 the gpu tests"
-timeout $(( $(left) / 4 )) "$PY" -m pytest -q -m gpu -p no:cacheprovider tests >"$OUT/gpu-tests.log" 2>&1
-TESTS_RC=$?
-TESTS_LINE=$(grep -E "passed|failed|error|skipped|deselected|no tests ran" "$OUT/gpu-tests.log" | tail -1)
-[ $TESTS_RC -eq 124 ] && TESTS_LINE="stopped at its time limit; $TESTS_LINE"
-echo "  $TESTS_LINE"
-
-# 2. the bench (at most half of what is left)
-echo "gpu-check: 2/3 the bench"
-BENCH_S=$(( $(left) / 4 ))  # twice: medium in every mode and precision, then the sizes
-BENCH=(--device "$DEVICE" --rounds 3 --steps 5 --warmup 3 --time-budget "$BENCH_S")
-# --time-budget stops building configurations and rounds; the timeout is a backstop
-timeout "$(cap $((BENCH_S + 180)))" "$PY" scripts/bench.py "${BENCH[@]}" --models medium \
-    --compile-modes default reduce-overhead --precisions fp32 tf32 bf16 \
-    --markdown "$OUT/bench-medium.md" >"$OUT/bench.log" 2>&1
-BENCH_RC=$?
-timeout "$(cap $((BENCH_S + 180)))" "$PY" scripts/bench.py "${BENCH[@]}" --models small large \
-    --markdown "$OUT/bench-sizes.md" >>"$OUT/bench.log" 2>&1
-BENCH_RC="$BENCH_RC $?"
-cat "$OUT"/bench-medium.md "$OUT"/bench-sizes.md >"$OUT/bench.md" 2>/dev/null
-
-# 3. zaremba_large for the rest (SIGTERM at the end: the run checkpoints and says so)
-echo "gpu-check: 3/3 zaremba_large"
-RUN_S=$(( $(left) - 20 ))
-if [ -n "${RNNREG_DATA_DIR:-}" ] && [ "$RUN_S" -gt 60 ]; then
-    timeout -s TERM "$RUN_S" "$PY" -m rnnreg.train experiment=zaremba_large seed=1 \
-        trainer.device="$DEVICE" trainer.progress=log trainer.log_every_steps=100 \
-        hydra.run.dir="$OUT/zaremba_large" >"$OUT/zaremba_large.log" 2>&1
-    LARGE_RC=$?
+# 1. the machine
+echo "gpu-check: 1/4 the machine"
+if wanted machine; then
+    RC=0
+    "$PY" -m rnnreg.records.provenance "$DEVICE" >"$OUT/machine.txt" 2>"$OUT/machine.err" || RC=$?
+    record machine "$(status $RC)" "$(head -c 300 "$OUT/machine.txt" | head -1)$( [ $RC -ne 0 ] && tail -1 "$OUT/machine.err")"
 else
-    echo "zaremba_large not run: $([ -z "${RNNREG_DATA_DIR:-}" ] && echo 'no PTB files (RNNREG_DATA_DIR)' || echo "only ${RUN_S} s left")" >"$OUT/zaremba_large.log"
-    LARGE_RC=1
+    record machine "skipped" "GPU_CHECK_STEPS"
 fi
 
-"$PY" - "$OUT" "$TESTS_LINE" "$BENCH_RC" "$LARGE_RC" "$(( $(date +%s) - START ))" <<'EOF' | tee "$OUT/report.md"
-import csv, json, re, sys
-from pathlib import Path
-out, tests, bench_rc, large_rc, took = Path(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5]
-lines = ["# gpu-check", "", (out / "machine.txt").read_text().strip(), "",
-         f"- gpu tests: {tests}", f"- wall time: {took} s", ""]
-bench = out / "bench.md"
-lines += ["## bench", "", bench.read_text() if bench.exists() else f"(no table; rc {bench_rc})", ""]
-run = out / "zaremba_large"
-summary = json.loads((run / "summary.json").read_text()) if (run / "summary.json").exists() else {}
-rows = list(csv.DictReader(open(run / "metrics.csv"))) if (run / "metrics.csv").exists() else []
-log = (out / "zaremba_large.log").read_text() if (out / "zaremba_large.log").exists() else ""
-rates = [float(m) for m in re.findall(r"([0-9.]+) tok/s", log)]
-rate = summary.get("tokens_per_s") or (rates[-1] if rates else None)
-planned = summary.get("epochs_planned") or 55
-tokens = summary.get("tokens_per_epoch") or 929_580
-lines += ["## experiment=zaremba_large", ""]
-if rate:
-    lines.append(f"- epochs done: {len(rows)} of {planned}; steps {summary.get('steps')}; "
-                 f"status {summary.get('status', 'not started')} (rc {large_rc})")
-    lines += [f"- epoch {r['epoch']}: val ppl {float(r['val_ppl']):.2f}, "
-              f"{float(r['tokens_per_s']):,.0f} tokens/s" for r in rows]
-    lines.append(f"- training tokens/s: {rate:,.0f}; projected {planned} epochs: "
-                 f"{planned * tokens / rate / 3600:.2f} h of training (validation excluded)")
-else:
-    lines.append(f"- not measured (rc {large_rc}): " + (log.strip().splitlines() or ["no log"])[-1])
-print("\n".join(lines))
-EOF
-echo "gpu-check: everything is in $OUT"
+# 2. the gpu tests (at most a quarter of the budget)
+echo "gpu-check: 2/4 the gpu tests"
+if wanted tests; then
+    RC=0
+    timeout $(( $(left) / 4 )) "$PY" -m pytest -q -m gpu -p no:cacheprovider tests \
+        >"$OUT/gpu-tests.log" 2>&1 || RC=$?
+    LINE=$(grep -E "passed|failed|error|skipped|deselected|no tests ran" "$OUT/gpu-tests.log" | tail -1)
+    [ $RC -eq 5 ] && RC=0  # pytest: no test collected (every gpu test deselected or skipped)
+    record tests "$(status $RC)" "$LINE"
+else
+    record tests "skipped" "GPU_CHECK_STEPS"
+fi
+
+# 3. the bench (at most half of what is left)
+echo "gpu-check: 3/4 the bench"
+if wanted bench; then
+    BENCH_S=$(( $(left) / 4 ))  # twice: medium in every mode and precision, then the sizes
+    BENCH=(--device "$DEVICE" --rounds 3 --steps 5 --warmup 3 --time-budget "$BENCH_S")
+    # --time-budget stops building configurations and rounds; the timeout is a backstop
+    RC=0
+    timeout "$(cap $((BENCH_S + 180)))" "$PY" scripts/bench.py "${BENCH[@]}" --models medium \
+        --compile-modes default reduce-overhead --precisions fp32 tf32 bf16 \
+        --markdown "$OUT/bench-medium.md" >"$OUT/bench.log" 2>&1 || RC=$?
+    record bench-medium "$(status $RC)" "$(tail -1 "$OUT/bench.log")"
+    RC=0
+    timeout "$(cap $((BENCH_S + 180)))" "$PY" scripts/bench.py "${BENCH[@]}" --models small large \
+        --markdown "$OUT/bench-sizes.md" >>"$OUT/bench.log" 2>&1 || RC=$?
+    record bench "$(status $RC)" "sizes: $(tail -1 "$OUT/bench.log")"
+    cat "$OUT"/bench-medium.md "$OUT"/bench-sizes.md >"$OUT/bench.md" 2>/dev/null
+else
+    record bench "skipped" "GPU_CHECK_STEPS"
+fi
+
+# 4. zaremba_large for the rest (SIGTERM at the end: the run checkpoints and says so)
+echo "gpu-check: 4/4 zaremba_large"
+RUN_S=$(( $(left) - 20 ))
+if ! wanted large; then
+    record large "skipped" "GPU_CHECK_STEPS"
+elif [ -z "${RNNREG_DATA_DIR:-}" ]; then
+    record large "not run" "no PTB files (RNNREG_DATA_DIR)"
+elif [ "$RUN_S" -le 60 ]; then
+    record large "not run" "only ${RUN_S} s left"
+else
+    RC=0
+    timeout -s TERM "$RUN_S" "$PY" -m rnnreg.train experiment=zaremba_large seed=1 \
+        trainer.device="$DEVICE" trainer.progress=log trainer.log_every_steps=100 \
+        hydra.run.dir="$OUT/zaremba_large" >"$OUT/zaremba_large.log" 2>&1 || RC=$?
+    # the budget's SIGTERM ends it as planned: the run checkpoints and exits
+    if [ $RC -eq 124 ]; then record large ok "stopped at the budget (${RUN_S} s), checkpointed"
+    else record large "$(status $RC)" "$(tail -1 "$OUT/zaremba_large.log")"; fi
+fi
+
+FAILED=0
+cut -f2 "$OUT/steps.tsv" | grep -q '^failed' && FAILED=1
+finish $FAILED

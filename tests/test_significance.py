@@ -7,11 +7,18 @@ import statistics
 from pathlib import Path
 
 import pytest
-from scipy import stats
 
-from rnnreg.reporting.report import build_report
-from rnnreg.reporting.significance import compare_to_reference, holm, mean_interval, sentence, welch
-from tests.test_report import fake_run
+stats = pytest.importorskip("scipy.stats")  # a bare GPU machine may lack scipy
+
+from rnnreg.reporting.report import build_report  # noqa: E402
+from rnnreg.reporting.significance import (  # noqa: E402
+    compare_to_reference,
+    holm,
+    mean_interval,
+    sentence,
+    welch,
+)
+from tests.test_report import fake_run  # noqa: E402
 
 A = [101.0, 103.5, 102.2]
 B = [110.0, 108.4, 111.9, 109.1]

@@ -8,15 +8,17 @@ import subprocess
 import sys
 from pathlib import Path
 
-import optuna
 import pytest
-from optuna.trial import TrialState
 
-from rnnreg import RnnregError
-from rnnreg.config.tune import Launcher, Pruner, TuneConfig
-from rnnreg.reporting.tuning import trial_values
-from rnnreg.tuning.space import load_space
-from rnnreg.tuning.study import (
+optuna = pytest.importorskip("optuna")  # a bare GPU machine may lack it
+
+from optuna.trial import TrialState  # noqa: E402
+
+from rnnreg import RnnregError  # noqa: E402
+from rnnreg.config.tune import Launcher, Pruner, TuneConfig  # noqa: E402
+from rnnreg.reporting.tuning import trial_values  # noqa: E402
+from rnnreg.tuning.space import load_space  # noqa: E402
+from rnnreg.tuning.study import (  # noqa: E402
     make_pruner,
     open_storage,
     open_study,

@@ -28,6 +28,25 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown"
 
 
+def machine_description(device: str = "cuda") -> str:
+    """One line naming where a check ran: for ``cuda`` the GPU (name, memory, SMs), torch,
+    CUDA and cuDNN, and the host's processor and CPU count; for ``cpu`` a rehearsal's
+    processor and torch (scripts/gpu_check.sh writes it to machine.txt)."""
+    host = f"{cpu_model()}, {os.cpu_count()} CPUs"
+    if device == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError("no CUDA device is visible to torch")
+        p = torch.cuda.get_device_properties(0)
+        return (
+            f"gpu: {p.name}, {p.total_memory / 2**30:.0f} GiB, {p.multi_processor_count} SMs; "
+            f"torch {torch.__version__}, CUDA {torch.version.cuda}, "
+            f"cuDNN {torch.backends.cudnn.version()}; host {host}"
+        )
+    if device == "cpu":
+        return f"rehearsal on the CPU: {host}, torch {torch.__version__}"
+    raise ValueError(f"unknown device {device!r}: cuda or cpu")
+
+
 def device_name(device: torch.device) -> str:
     """``cpu`` or the accelerator's name (``cuda: NVIDIA H100 ...``)."""
     if device.type == "cuda":
@@ -60,3 +79,9 @@ def git_commit() -> str | None:
         declared = os.environ.get(GIT_COMMIT_ENV, "").strip()
         return f"{declared} (copy)" if declared else None
     return f"{commit}+dirty" if dirty else commit
+
+
+if __name__ == "__main__":  # python -m rnnreg.records.provenance [cuda|cpu]
+    import sys
+
+    print(machine_description(sys.argv[1] if len(sys.argv) > 1 else "cuda"))

@@ -17,7 +17,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats
 
 #: A bootstrap interval needs enough seeds to resample; below this, the t interval.
 BOOTSTRAP_MIN_SEEDS = 10
@@ -37,6 +36,8 @@ def mean_interval(values: Sequence[float], confidence: float = 0.95) -> Interval
     """A ``confidence`` interval of the mean of ``values``; None for fewer than two."""
     if len(values) < 2:
         return None
+    from scipy import stats  # imported when used: a bare GPU machine lacks it
+
     data = np.asarray(values, dtype=float)
     if len(data) >= BOOTSTRAP_MIN_SEEDS:
         result = stats.bootstrap(
@@ -74,6 +75,8 @@ def welch(
     difference = statistics.fmean(values) - statistics.fmean(reference_values)
     if n < 2 or m < 2:
         return Comparison(variant, reference, difference, math.nan, n, m, None)
+    from scipy import stats
+
     result = stats.ttest_ind(values, reference_values, equal_var=False)
     std = math.sqrt(statistics.variance(values) / n + statistics.variance(reference_values) / m)
     return Comparison(variant, reference, difference, std, n, m, float(result.pvalue))
