@@ -125,3 +125,24 @@ def test_word_type_mask_can_be_turned_off_in_mc(make_config) -> None:
     on = evaluate_mc(model, source, bptt=8, samples=3)
     assert off.perplexity == pytest.approx(standard.perplexity, rel=1e-5)
     assert on.perplexity != pytest.approx(standard.perplexity, rel=1e-3)
+
+
+def test_held_masks_keep_the_generators_state_not_the_masks() -> None:
+    """A held mask comes back equal at every request, the random stream goes on as if it
+    were held (a later request draws nothing from it), and what is kept is a generator
+    state, not the 4 MB mask: MC memory in stream mode does not grow with K x mask size."""
+
+    def draw() -> torch.Tensor:
+        return torch.rand(1000, 1000)
+
+    torch.manual_seed(0)
+    held = HeldMasks()
+    first = held.child("layer").get("weight_hh", draw)
+    between = torch.rand(3)
+    again = held.child("layer").get("weight_hh", draw)
+    after = torch.rand(3)
+    torch.manual_seed(0)
+    expected = draw()
+    assert torch.equal(first, expected) and torch.equal(again, expected)
+    assert torch.equal(between, torch.rand(3)) and torch.equal(after, torch.rand(3))
+    assert held.held_bytes() < 20_000 < first.numel() * first.element_size()

@@ -62,7 +62,10 @@ def evaluate_mc(
     the order of a single batched pass over the split.
 
     ``hold_masks`` keeps each sample's time-constant masks for its whole pass over the
-    split instead of drawing them at every window (``eval.mc_mask_draw=stream``);
+    split instead of drawing them at every window (``eval.mc_mask_draw=stream``): kept as
+    the generators' states they were drawn from and drawn again at every window
+    (:class:`~rnnreg.model.regularizers.masks.HeldMasks`), so that this too holds no more
+    than a window's masks at once, whatever K;
     ``embedding_dropout=False`` turns the word-type mask off (both as Gal's
     ``run_MC_test``).
     """

@@ -131,6 +131,22 @@ def apply_mask(
     return x * mask
 
 
+RngState = tuple[torch.Tensor, list[torch.Tensor] | None]
+
+
+def rng_state() -> RngState:
+    """The default generators' states: the CPU's, and every CUDA device's once CUDA is up."""
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+    return torch.get_rng_state(), cuda
+
+
+def set_rng_state(state: RngState) -> None:
+    cpu, cuda = state
+    torch.set_rng_state(cpu)
+    if cuda is not None:
+        torch.cuda.set_rng_state_all(cuda)
+
+
 class HeldMasks:
     """Masks drawn once and reused by every later forward pass (one MC-dropout sample).
 
@@ -138,23 +154,45 @@ class HeldMasks:
     one set of masks per sample and runs it over the whole test stream: one draw of the
     weights from the approximate posterior. A module holding a ``HeldMasks`` asks it for
     each time-constant mask (granularity ``sequence`` or ``batch``, weight masks) by
-    name; the first request draws it, the later ones get the same tensor. ``step`` masks
-    are never held: a fresh mask per step is already one draw over the stream.
+    name. The first request draws it from the default generators and keeps their state
+    before the draw, not the mask; a later request draws it again from that state and
+    puts the generators back, so it gets the same mask and the random stream goes on as
+    if it had been held. What a sample keeps is a few generator states (a CPU state is
+    5 kB), not its masks (45 MB of weight masks for ``model=awd``): the memory of
+    ``eval.mc_mask_draw=stream`` does not grow with the masks' size times K
+    (scripts/mc_memory.py). ``step`` masks are never held: a fresh mask per step is
+    already one draw over the stream.
     """
 
     def __init__(self) -> None:
-        self._masks: dict[str, torch.Tensor | None] = {}
+        self._states: dict[str, RngState] = {}
         self._children: dict[Hashable, HeldMasks] = {}
 
     def get(self, name: str, draw: Callable[[], torch.Tensor | None]) -> torch.Tensor | None:
-        """The mask held as ``name``, drawn by ``draw()`` on the first request."""
-        if name not in self._masks:
-            self._masks[name] = draw()
-        return self._masks[name]
+        """The mask held as ``name``: ``draw()`` from the generators' state of its first
+        request, the current state left as it was after that first draw."""
+        held = self._states.get(name)
+        if held is None:
+            self._states[name] = rng_state()
+            return draw()
+        now = rng_state()
+        set_rng_state(held)
+        try:
+            return draw()
+        finally:
+            set_rng_state(now)
 
     def child(self, key: Hashable) -> HeldMasks:
         """The holder of one module (``key``: its name) or of one replica (its index)."""
         return self._children.setdefault(key, HeldMasks())
+
+    def held_bytes(self) -> int:
+        """The bytes this holder and its children keep (generator states)."""
+        own = sum(
+            cpu.numel() + sum(t.numel() for t in cuda or [])
+            for cpu, cuda in self._states.values()
+        )
+        return own + sum(child.held_bytes() for child in self._children.values())
 
 
 def held_or_drawn(
