@@ -10,6 +10,9 @@ is one field here (see docs/variants.md, "Adding a regularizer").
 
 from __future__ import annotations
 
+import functools
+import types
+import typing
 from dataclasses import FrozenInstanceError, dataclass, fields
 from enum import Enum
 from typing import Any, ClassVar
@@ -85,6 +88,40 @@ def check_rates(owner: str, settings: Any) -> None:
             check_rate(getattr(settings, f.name), f"{owner}.{f.name}")
 
 
+@functools.cache
+def _enum_fields(cls: type) -> dict[str, type[Enum]]:
+    """The fields of the dataclass ``cls`` typed by an Enum (or an optional one)."""
+    hints = typing.get_type_hints(cls)
+    found = {}
+    for f in fields(cls):
+        hint = hints.get(f.name)
+        union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+        for kind in typing.get_args(hint) if union else (hint,):
+            if isinstance(kind, type) and issubclass(kind, Enum):
+                found[f.name] = kind
+    return found
+
+
+def coerce_enums(settings: Any, owner: str) -> None:
+    """Turn every Enum field of the dataclass ``settings`` given as a string, by name or
+    by value (``"on_output"``, ``"reduce-overhead"``), into its member; refuse any other
+    value with one line listing the choices. A settings object built in Python is then
+    the same as one composed by Hydra, whose enums arrive as members."""
+    for name, kind in _enum_fields(type(settings)).items():
+        value = getattr(settings, name)
+        if value is None or isinstance(value, kind):
+            continue
+        by_value = {str(member.value): member for member in kind}
+        member = kind.__members__.get(value) if isinstance(value, str) else None
+        member = member or (by_value.get(value) if isinstance(value, str) else None)
+        if member is None:
+            raise RnnregError(
+                f"{owner}.{name}={value!r} is not a {kind.__name__}; choose one of: "
+                f"{', '.join(by_value)}"
+            )
+        object.__setattr__(settings, name, member)
+
+
 @dataclass
 class LayerDropout:
     """The masks an LSTM layer applies itself (docs/variants.md; equations in
@@ -122,6 +159,7 @@ class LayerDropout:
     scale: bool = True
 
     def __post_init__(self) -> None:
+        coerce_enums(self, self.owner)
         check_rates(self.owner, self)
 
 

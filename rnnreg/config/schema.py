@@ -19,7 +19,14 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from rnnreg import PROJECT_ROOT, RnnregError
-from rnnreg.config.dropout import GateMasks, Granularity, LayerDropout, LSTMPath, is_rate
+from rnnreg.config.dropout import (
+    GateMasks,
+    Granularity,
+    LayerDropout,
+    LSTMPath,
+    coerce_enums,
+    is_rate,
+)
 
 
 class Device(str, Enum):
@@ -130,6 +137,7 @@ class ModelConfig:
     compile_block: int | None = None
 
     def __post_init__(self) -> None:
+        coerce_enums(self, "model")
         for name in ("embedding_size", "hidden_size", "num_layers"):
             _check_positive("model", name, getattr(self, name))
         if self.compile_block is not None:
@@ -231,6 +239,7 @@ class OptimConfig:
     loss_sum_over_time: bool = True
 
     def __post_init__(self) -> None:
+        coerce_enums(self, "optim")
         _check_positive("optim", "lr", self.lr)
         if self.lr_decay_factor < 1.0:
             raise RnnregError(
@@ -376,6 +385,7 @@ class TrainerConfig:
     progress: Progress = Progress.auto
 
     def __post_init__(self) -> None:
+        coerce_enums(self, "trainer")
         for name in ("epochs", "batch_size", "bptt"):
             _check_positive("trainer", name, getattr(self, name))
         if self.max_steps is not None:
@@ -439,6 +449,7 @@ class CacheConfig:
     )
 
     def __post_init__(self) -> None:
+        coerce_enums(self, "eval.cache")
         _check_positive("eval.cache", "window", self.window)
         if not 0.0 <= self.interpolation <= 1.0:
             raise RnnregError(f"eval.cache.interpolation={self.interpolation} must lie in [0, 1]")
@@ -503,6 +514,7 @@ class EvalConfig:
     dynamic: DynamicConfig = field(default_factory=DynamicConfig)
 
     def __post_init__(self) -> None:
+        coerce_enums(self, "eval")
         for name in ("batch_size", "test_batch_size", "bptt"):
             _check_positive("eval", name, getattr(self, name))
         _check_positive("eval", "mc_samples", self.mc_samples, allow_zero=True)
@@ -529,6 +541,7 @@ class LoggerConfig:
     experiment: str = "rnnreg"
 
     def __post_init__(self) -> None:
+        coerce_enums(self, "logger")
         if self.mode not in ("offline", "online", "disabled"):
             raise RnnregError(f"logger.mode={self.mode} must be offline, online or disabled")
 

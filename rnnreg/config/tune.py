@@ -9,6 +9,7 @@ from enum import Enum
 from hydra.core.config_store import ConfigStore
 
 from rnnreg import RnnregError
+from rnnreg.config.dropout import coerce_enums
 
 #: The file ``python -m rnnreg.tune`` writes in ``tune.dir`` before any worker starts
 #: (rnnreg/cli/tune.py): the folders ``<variant>/trial_NNNN`` beside it are tuning trials,
@@ -79,6 +80,7 @@ class TuneConfig:
     dir: str = "${oc.env:RNNREG_OUTPUTS,${rnnreg.root:outputs}}/tune/${tune.name}"
 
     def __post_init__(self) -> None:
+        coerce_enums(self, "tune")
         for name in ("trials", "budget", "min_resource", "workers", "reduction_factor"):
             if int(getattr(self, name)) < 1:
                 raise RnnregError(f"tune.{name}={getattr(self, name)} must be at least 1")
