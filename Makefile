@@ -12,7 +12,10 @@ export RNNREG_DATA_DIR := $(abspath ../shared/data)
 endif
 endif
 
-RUN_DIR ?= outputs/runs/make-run/$(shell date +%Y-%m-%d_%H-%M-%S)
+# Where runs go: $RNNREG_OUTPUTS when set (RNNREG_OUTPUTS=$HOME/rnnreg-outputs keeps long
+# runs when the checkout is replaced), else outputs/ in the checkout; every folder below.
+OUTPUTS_ROOT := $(or $(RNNREG_OUTPUTS),outputs)
+RUN_DIR ?= $(OUTPUTS_ROOT)/runs/make-run/$(shell date +%Y-%m-%d_%H-%M-%S)
 
 # The canonical comparison. A fixed sweep directory: running `make sweep` again continues
 # unfinished jobs from their checkpoints (trainer.auto_resume) and skips finished ones.
@@ -20,13 +23,13 @@ VARIANTS := none,zaremba,moon,gal,gal_untied,semeniuta,zoneout,weight_drop
 SEEDS ?= 1,2,3
 SWEEP_EPOCHS ?= 3
 SWEEP_JOBS ?= 2
-SWEEP_DIR ?= outputs/multiruns/sweep-small
+SWEEP_DIR ?= $(OUTPUTS_ROOT)/multiruns/sweep-small
 PAPER_EXPERIMENTS := zaremba_medium,zaremba_large,gal_medium,gal_medium_untied,gal_large,gal_large_untied,moon_medium,zoneout_large,semeniuta_small,awd_ptb
-PAPER_DIR ?= outputs/multiruns/sweep-paper
+PAPER_DIR ?= $(OUTPUTS_ROOT)/multiruns/sweep-paper
 # The papers' rows reproduced on one machine, in order, one at a time (results/README.md).
 LEDGER_ROWS := zaremba_medium "gal_medium_untied eval.mc_samples=100" \
-	"gal_medium eval.mc_samples=100" moon_medium
-LEDGER_DIR ?= outputs/ledger
+	"gal_medium eval.mc_samples=100" moon_medium moon_embedding_medium
+LEDGER_DIR ?= $(OUTPUTS_ROOT)/ledger
 LEDGER_THREADS ?= 2
 
 .DEFAULT_GOAL := help
@@ -114,14 +117,17 @@ tune-paper: $(STAMP) ## the tuned comparison at medium size as a SLURM worker ar
 		tune.workers=$(TUNE_WORKERS_SLURM) tune.launcher=$(TUNE_LAUNCHER) \
 		$(if $(TUNE_STORAGE),tune.storage=$(TUNE_STORAGE)) model=medium trainer.device=cuda $(TUNE_ARGS)
 
-ledger-runs: $(STAMP) ## the ledger's rows in order (seed 1), each skipped when results/runs has it completed, else resumed from its checkpoint, then recorded
-	@set -e; for row in $(LEDGER_ROWS); do \
-		set -- $$row; dir=$(abspath $(LEDGER_DIR))/$$1_s1; \
-		if grep -qs '"status": "completed"' results/runs/$$1_s1.json; then \
-			echo "$$1_s1: completed in results/runs, skipped"; continue; fi; \
-		$(PY) -m rnnreg.train experiment=$$1 "$${@:2}" seed=1 trainer.threads=$(LEDGER_THREADS) \
-			trainer.progress=log trainer.auto_resume=true hydra.run.dir=$$dir; \
-		$(PY) -m rnnreg.ledger record $$dir; \
+ledger-runs: $(STAMP) ## the ledger's rows in order (seed 1) in LEDGER_DIR ($$RNNREG_OUTPUTS/ledger when set): each skipped when results/runs has it completed, else resumed from its checkpoint; recorded however it ends
+	@for row in $(LEDGER_ROWS); do \
+		set -- $$row; name=$$1_s1; dir=$(abspath $(LEDGER_DIR))/$$name; \
+		if grep -qs '"status": "completed"' results/runs/$$name.json; then \
+			echo "$$name: completed in results/runs, skipped"; continue; fi; \
+		$(PY) -m rnnreg.ledger where $$name $$dir; \
+		rc=0; $(PY) -m rnnreg.train experiment=$$1 "$${@:2}" seed=1 trainer.threads=$(LEDGER_THREADS) \
+			trainer.progress=log trainer.auto_resume=true hydra.run.dir=$$dir || rc=$$?; \
+		if [ -f $$dir/summary.json ]; then \
+			$(PY) -m rnnreg.ledger record $$dir --name $$name --stopped "exit $$rc"; fi; \
+		if [ $$rc -ne 0 ]; then echo "$$name: stopped (exit $$rc); run make ledger-runs again to resume it"; exit $$rc; fi; \
 	done
 
 report: $(STAMP) ## the perplexity table of every run under outputs/ (or OUTPUTS=dir), with CIs and tests vs REFERENCE (none)

@@ -179,7 +179,10 @@ def test_a_run_reports_cache_and_dynamic_evaluations(make_config, tmp_path) -> N
     for key in ("val_ppl_cache", "test_ppl_cache", "val_ppl_dynamic", "test_ppl_dynamic"):
         assert summary[key] is not None and math.isfinite(summary[key]), key
     text = build_report(tmp_path / "outputs").read_text()
-    assert "| cache |" in text and "| dynamic |" in text
+    # each evaluation a sub-row, with the settings that decide its number and differ from
+    # the preset's (the grids and switches decide none)
+    assert "| cache (cache.window=30) |" in text
+    assert "| dynamic (dynamic.stats_batch_size=4, dynamic.stats_max_batches=5) |" in text
 
 
 def test_rescore_an_existing_run_with_settings_chosen_on_validation(make_config, tmp_path) -> None:

@@ -191,3 +191,49 @@ def test_the_lua_validation_figure_converts_to_the_per_token_perplexity(bptt: in
 def test_lua_windows_refuses_an_empty_split() -> None:
     with pytest.raises(ValueError, match="bptt=0"):
         lua_windows(0)
+
+
+def test_a_partial_row_records_why_it_stopped_and_a_gone_run_is_said_to_start_again(
+    tmp_path: Path,
+) -> None:
+    """make ledger-runs: a run stopped by a signal is recorded with its epoch and the reason;
+    before the next attempt, a row whose recorded folder is gone gets one warning line."""
+    from rnnreg.reporting.ledger import where
+
+    results = tmp_path / "results"
+    run_dir = fake_run(tmp_path / "old", "interrupted", 120.0, None, 3)
+    record(run_dir, "zaremba_medium_s1", results=results, stopped="exit 143")
+    entry = json.loads((results / "runs" / "zaremba_medium_s1.json").read_text())
+    assert entry["stopped"] == "exit 143, interrupted" and entry["epochs"] == 3
+    assert "| exit 143, interrupted |" in write_table(results).read_text()
+    here = tmp_path / "ledger" / "zaremba_medium_s1"
+    (run_dir / "checkpoints").mkdir()  # the recorded folder, elsewhere, holds the checkpoint
+    lines = where("zaremba_medium_s1", here, results)
+    assert len(lines) == 2 and str(here) in lines[0] and "resume" in lines[0]
+    assert "records its run in" in lines[1] and f"LEDGER_DIR={run_dir.parent}" in lines[1]
+    import shutil
+
+    shutil.rmtree(run_dir)  # gone with its checkout
+    gone = where("zaremba_medium_s1", here, results)
+    assert len(gone) == 2 and gone[1].startswith("warning:") and "which is gone" in gone[1]
+    assert "3 of 39 epochs" in gone[1] and "starts again from scratch" in gone[1]
+    (here / "checkpoints").mkdir(parents=True)  # a run here to resume: nothing to warn of
+    assert len(where("zaremba_medium_s1", here, results)) == 1
+
+
+def test_make_ledger_runs_keeps_its_runs_under_rnnreg_outputs(tmp_path: Path) -> None:
+    """LEDGER_DIR follows $RNNREG_OUTPUTS (a replaced checkout keeps the checkpoints), every
+    row says where it lives, moon_embedding_medium is a row, and a failed run is recorded."""
+    import subprocess
+
+    repo = Path(__file__).resolve().parent.parent
+    shown = subprocess.run(
+        ["make", "-n", "ledger-runs", f"RNNREG_OUTPUTS={tmp_path}"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert f"{tmp_path}/ledger/" in shown and "/outputs/ledger" not in shown
+    assert "moon_embedding_medium" in shown and "rnnreg.ledger where" in shown
+    assert "|| rc=$?" in shown and '--stopped "exit $rc"' in shown

@@ -388,6 +388,47 @@ def test_a_moved_comparison_still_finds_its_retrained_seeds(tmp_path: Path) -> N
     assert "+10.00" in rows["| gal"]
 
 
+def test_retrained_runs_of_different_configurations_are_never_averaged(
+    tmp_path: Path, caplog
+) -> None:
+    """Two workers that retrained different 'best' configurations (the old race): the
+    tuning table shows no mean for that variant, says why, and compares nothing with it."""
+    from rnnreg.reporting.tuning import tuning_section
+
+    root = tmp_path / "cmp"
+    study = {}
+    for variant, rates in (("zaremba", (0.2, 0.2, 0.2)), ("gal", (0.3, 0.5, 0.3))):
+        for seed, rate in enumerate(rates, 2):
+            config = {"trainer": {"epochs": 3, "max_steps": None}, "variant": {"p_input": rate}}
+            fake_run(
+                root / variant / "retrain",
+                f"seed{seed}",
+                variant=variant,
+                seed=seed,
+                val=113.0,
+                test=110.0 + seed,
+                config=config,
+            )
+        study[variant] = {
+            "trials": 4,
+            "counted": 4,
+            "states": {"complete": 4},
+            "budget_epochs": 1,
+            "pruner": "none",
+            "best_value": 130.0,
+            "best_params": {"variant.p_input": rates[0]},
+            "retrain_seeds": 3,
+            "retrain_dirs": [str(root / variant / "retrain" / f"seed{s}") for s in (2, 3, 4)],
+        }
+    (root / "study.json").write_text(json.dumps(study))
+    lines, _ = tuning_section(tmp_path, tmp_path / "figures", "zaremba")
+    rows = {line.split(" | ")[0]: line for line in lines if line.startswith("| ")}
+    assert "| 3 of 3, 3 epochs | 113.00 |" in rows["| zaremba"]
+    assert "configurations differ, not averaged" in rows["| gal"]
+    assert "113" not in rows["| gal"] and "+" not in rows["| gal"]
+    assert any("hold different configurations" in r.getMessage() for r in caplog.records)
+
+
 def mc_run(
     root: Path, name: str, seed: int, config: dict, test: float, mc: float, *overrides: str
 ) -> None:

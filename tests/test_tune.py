@@ -392,6 +392,9 @@ def test_a_dry_run_checks_and_prints_the_plan_and_runs_nothing(
     assert set(plan["studies"]) == {"plan-zaremba", "plan-zoneout"}
     assert plan["studies"]["plan-zoneout"]["model"] == "16 units x 2 layers"
     assert "variant.zoneout_cell" in plan["studies"]["plan-zoneout"]["space"]
+    # tune.retrain_epochs unset: trainer.epochs as tune.run composes it, as retrain() runs it
+    assert plan["studies"]["plan-zaremba"]["retrain"] == "0 seeds x 13 epochs"
+    assert plan["studies"]["plan-zaremba"]["trial_seed"] == 1
     assert plan["workers"]["array"]["slurm_partition"] == "gpu"
     assert plan["workers"]["array"]["slurm_array_parallelism"] == 8
     root = tmp_path / "out" / "tune" / "plan"

@@ -189,8 +189,9 @@ def test_a_run_records_its_calibration_and_a_finished_run_is_rescored(
     markdown = build_report(tmp_path).read_text()
     table = markdown.split("## Calibration and uncertainty (test)")[1].split("##")[0]
     rows = [line for line in table.splitlines() if line.startswith("| ptb")]
-    # run (trained with eval.mc_samples=3) and plain (rescored with 4): two configurations
-    assert sorted(row.split(" | ")[3] for row in rows) == ["mc", "mc", "standard", "standard"]
+    # run (eval.mc_samples=3, eval.uncertainty) and plain (rescored with K=4) are one
+    # trained configuration: one standard sub-row, and an MC sub-row for each K
+    assert sorted(row.split(" | ")[3] for row in rows) == ["mc (K=3)", "mc (K=4)", "standard"]
     figures = sorted((tmp_path / "report" / "figures").glob("reliability_*.png"))
     assert figures and all(f"figures/{f.name}" in markdown for f in figures)
 

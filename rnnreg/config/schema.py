@@ -298,7 +298,9 @@ NOT_OUTCOME_KEYS = (
 #: report shows one configuration's evaluations as sub-rows of its group
 #: (rnnreg/reporting/data.py), and a resume may change them (rnnreg/training/resume.py).
 #: ``eval.bptt`` decides no number (the state is carried; only speed), nor do
-#: ``eval.mc_replicas_per_pass`` and ``eval.uncertainty`` (calibration measured beside).
+#: ``eval.mc_replicas_per_pass``, ``eval.uncertainty`` (calibration measured beside), the
+#: switches of the cache and dynamic evaluations (their sub-row exists or not) and their
+#: grids (rescore's search). The most specific name of a key decides.
 #: ``eval.batch_size`` is training's: validation picks the best epoch and the decay.
 EVALUATION_SETTINGS: dict[str, tuple[str, ...]] = {
     "eval.test_weights": ("standard", "mc", "cache", "dynamic"),
@@ -310,7 +312,14 @@ EVALUATION_SETTINGS: dict[str, tuple[str, ...]] = {
     "eval.mc_replicas_per_pass": (),
     "eval.uncertainty": (),
     "eval.cache": ("cache",),
+    "eval.cache.enabled": (),
+    "eval.cache.theta_grid": (),
+    "eval.cache.interpolation_grid": (),
     "eval.dynamic": ("dynamic",),
+    "eval.dynamic.enabled": (),
+    "eval.dynamic.lr_grid": (),
+    "eval.dynamic.decay_grid": (),
+    "eval.dynamic.grid_tokens": (),
 }
 
 
@@ -348,11 +357,18 @@ def training_settings(config: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in outcome_settings(config).items() if not is_evaluation_key(k)}
 
 
+def evaluations_decided(key: str) -> tuple[str, ...]:
+    """The evaluations whose numbers ``key`` decides: its most specific entry of
+    :data:`EVALUATION_SETTINGS` (none for a training key)."""
+    names = [name for name in EVALUATION_SETTINGS if _under(key, (name,))]
+    return EVALUATION_SETTINGS[max(names, key=len)] if names else ()
+
+
 def evaluation_settings(config: dict[str, Any], evaluation: str) -> dict[str, Any]:
     """The settings that decide the numbers of ``evaluation`` (``standard``, ``mc``,
     ``cache``, ``dynamic``) of a run (:data:`EVALUATION_SETTINGS`)."""
-    deciding = [name for name, kinds in EVALUATION_SETTINGS.items() if evaluation in kinds]
-    return {k: v for k, v in flat_settings(config).items() if _under(k, deciding)}
+    flat = flat_settings(config).items()
+    return {key: value for key, value in flat if evaluation in evaluations_decided(key)}
 
 
 @dataclass

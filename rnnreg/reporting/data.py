@@ -162,11 +162,21 @@ class Run:
         """The settings of the trained configuration, as dotted keys."""
         return training_settings(self.config)
 
+    def evaluated(self, evaluation: str) -> dict[str, Any]:
+        """The settings that decided this run's ``evaluation`` numbers: its config's, with
+        the K and mask draw of MC numbers a rescore wrote (summary.json's ``mc_samples``,
+        ``mc_mask_draw``)."""
+        settings = evaluation_settings(self.config, evaluation)
+        for name in ("mc_samples", "mc_mask_draw"):
+            if f"eval.{name}" in settings and self.summary.get(name) is not None:
+                settings[f"eval.{name}"] = self.summary[name]
+        return settings
+
     def evaluation_label(self, evaluation: str) -> str:
         """The settings of ``evaluation`` that differ from those of the preset the run was
         composed from (the schema's defaults where it no longer composes):
         ``test_batch_size=20``; MC always shows its K first (``K=100``)."""
-        settings = evaluation_settings(self.config, evaluation)
+        settings = self.evaluated(evaluation)
         preset = composed_config(self.preset_choices())
         defaults = flat_settings(preset["eval"], "eval.") if preset else default_evaluation()
         parts = [f"K={settings['eval.mc_samples']}"] if "eval.mc_samples" in settings else []
@@ -415,7 +425,7 @@ def protocol_gap(run: Run, evaluation: str, row: dict[str, str]) -> str | None:
 def k_note(run: Run, row: dict[str, str]) -> str | None:
     """``K=100 here, K=1000 in the paper`` where only the MC sample count differs."""
     theirs = row.get("mc_samples")
-    ours = evaluation_settings(run.config, "mc").get("eval.mc_samples")
+    ours = run.evaluated("mc").get("eval.mc_samples")
     if row.get("evaluation") != "mc" or not theirs or ours is None or int(theirs) == ours:
         return None
     return f"K={ours} here, K={theirs} in the paper"

@@ -175,18 +175,52 @@ def dropout_cell(rates: dict[str, float] | None) -> str:
 
 
 def record(
-    run_dir: Path, name: str | None = None, note: str | None = None, results: Path = RESULTS
+    run_dir: Path,
+    name: str | None = None,
+    note: str | None = None,
+    results: Path = RESULTS,
+    stopped: str | None = None,
 ) -> Path:
-    """Write (or refresh) ``results/runs/<name>.json``; an earlier note is kept."""
+    """Write (or refresh) ``results/runs/<name>.json``; an earlier note is kept. A partial
+    run also records why it ``stopped`` (``exit 143``), with the status its summary says."""
     run_dir = run_dir.absolute()
     name = name or run_dir.name
     path = results / "runs" / f"{name}.json"
     if note is None and path.is_file():
         note = json.loads(path.read_text()).get("note")
     entry = entry_from_run(run_dir, note)
+    if entry["status"] != "completed" and stopped:
+        status = json.loads((run_dir / "summary.json").read_text()).get("status")
+        entry["stopped"] = f"{stopped}, {status}"
     atomic_write_bytes(path, (json.dumps(entry, indent=2, sort_keys=True) + "\n").encode())
     keep_metrics(run_dir, results, name)  # the curve behind the row
     return path
+
+
+def where(name: str, run_dir: Path, results: Path = RESULTS) -> list[str]:
+    """What ``make ledger-runs`` says before a row: where its run lives and how to resume
+    it, and one warning line when the ledger records progress in a folder that is gone (a
+    replaced checkout or machine): the row then starts again from scratch."""
+    run_dir = run_dir.absolute()
+    lines = [
+        f"{name}: its run lives in {run_dir}; resume it with make ledger-runs (the same "
+        f"LEDGER_DIR or RNNREG_OUTPUTS), or trainer.resume=true hydra.run.dir={run_dir}"
+    ]
+    path = results / "runs" / f"{name}.json"
+    entry = json.loads(path.read_text()) if path.is_file() else {}
+    if (run_dir / "checkpoints").is_dir() or entry.get("status") != "partial":
+        return lines
+    recorded = Path(str(entry.get("run_dir", "")))
+    if recorded != run_dir and (recorded / "checkpoints").is_dir():
+        return lines + [
+            f"warning: {path} records its run in {recorded}, not here; set "
+            f"LEDGER_DIR={recorded.parent} to resume it, or it starts again from scratch"
+        ]
+    return lines + [
+        f"warning: {path} records {entry.get('epochs')} of {entry.get('epochs_planned')} "
+        f"epochs at {recorded} ({entry.get('cpu_model')}), which is gone; {name} starts "
+        "again from scratch"
+    ]
 
 
 def load_entries(results: Path = RESULTS) -> dict[str, dict[str, Any]]:
@@ -313,6 +347,7 @@ def partial_rows(entries: dict[str, dict[str, Any]]) -> list[list[str]]:
                 f"{remaining / 3600:.1f} h at the last epochs' rate" if remaining else "–",
                 _num(e.get("tokens_per_s"), 0),
                 f"{e.get('device')}, {e.get('precision') or 'fp32'}, {e.get('cpu_model')}",
+                e.get("stopped") or "–",
                 e["recorded"],
             ]
         )
@@ -371,6 +406,7 @@ def write_table(results: Path = RESULTS) -> Path:
         "projected finish",
         "tokens/s",
         "machine",
+        "stopped",
         "recorded",
     ]
     lines += _markdown_table(header, partial) if partial else ["None."]
@@ -390,11 +426,18 @@ def main(argv: list[str] | None = None) -> int:
     rec.add_argument("run_dir", type=Path)
     rec.add_argument("--name", help="the entry's name (default: the run directory's name)")
     rec.add_argument("--note", help="why the row differs from the paper (kept on re-record)")
+    rec.add_argument("--stopped", help="why a partial run stopped (make ledger-runs: exit N)")
     sub.add_parser("table", help="write results/README.md from results/runs/*.json")
+    at = sub.add_parser("where", help="where a row's run lives, how to resume it, if it is gone")
+    at.add_argument("name")
+    at.add_argument("run_dir", type=Path)
     args = parser.parse_args(argv)
     try:
+        if args.command == "where":
+            print("\n".join(where(args.name, args.run_dir)))
+            return 0
         if args.command == "record":
-            print(f"recorded: {record(args.run_dir, args.name, args.note)}")
+            print(f"recorded: {record(args.run_dir, args.name, args.note, stopped=args.stopped)}")
         print(f"table: {write_table()}")
     except RnnregError as exc:
         return error_exit(exc)

@@ -66,8 +66,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--outputs",
         type=Path,
-        default=Path(os.environ.get("OUTPUTS") or PROJECT_ROOT / "outputs"),
-        help="folder searched for summary.json (default: $OUTPUTS or outputs/)",
+        default=Path(
+            os.environ.get("OUTPUTS")
+            or os.environ.get("RNNREG_OUTPUTS")
+            or PROJECT_ROOT / "outputs"
+        ),
+        help="folder searched for summary.json (default: $OUTPUTS, $RNNREG_OUTPUTS or outputs/)",
     )
     parser.add_argument(
         "--out", type=Path, default=None, help="where to write (default: <outputs>/report)"

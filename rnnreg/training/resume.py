@@ -58,9 +58,7 @@ def changed_settings(saved: dict[str, Any], current: dict[str, Any]) -> list[str
     to the schema since the checkpoint was written keeps its old behaviour by default)."""
     old, new = _flatten(saved), _flatten(current)
     return sorted(
-        key
-        for key in old.keys() & new.keys()
-        if not resumable(key) and old[key] != new[key]
+        key for key in old.keys() & new.keys() if not resumable(key) and old[key] != new[key]
     )
 
 

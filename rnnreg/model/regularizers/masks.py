@@ -189,8 +189,7 @@ class HeldMasks:
     def held_bytes(self) -> int:
         """The bytes this holder and its children keep (generator states)."""
         own = sum(
-            cpu.numel() + sum(t.numel() for t in cuda or [])
-            for cpu, cuda in self._states.values()
+            cpu.numel() + sum(t.numel() for t in cuda or []) for cpu, cuda in self._states.values()
         )
         return own + sum(child.held_bytes() for child in self._children.values())
 
