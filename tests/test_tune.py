@@ -385,6 +385,7 @@ def test_a_dry_run_checks_and_prints_the_plan_and_runs_nothing(
         "tune.slurm_partition=gpu",
         "tune.storage=sqlite:///" + str(tmp_path / "plan.db"),
         "tune.dry_run=true",
+        "tune.retrain_epochs=null",
     ]
     result = tune(tmp_path, tiny_data, *args)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -393,8 +394,8 @@ def test_a_dry_run_checks_and_prints_the_plan_and_runs_nothing(
     assert plan["studies"]["plan-zoneout"]["model"] == "16 units x 2 layers"
     assert "variant.zoneout_cell" in plan["studies"]["plan-zoneout"]["space"]
     # tune.retrain_epochs unset: trainer.epochs as tune.run composes it, as retrain() runs it
-    assert plan["studies"]["plan-zaremba"]["retrain"] == "0 seeds x 13 epochs"
-    assert plan["studies"]["plan-zaremba"]["trial_seed"] == 1
+    assert plan["studies"]["plan-zaremba"]["retrain"] == "3 seeds x 13 epochs"
+    assert plan["studies"]["plan-zaremba"]["retrain_seeds"] == [2, 3, 4]  # not the trials' 1
     assert plan["workers"]["array"]["slurm_partition"] == "gpu"
     assert plan["workers"]["array"]["slurm_array_parallelism"] == 8
     root = tmp_path / "out" / "tune" / "plan"

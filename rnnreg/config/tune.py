@@ -51,8 +51,11 @@ class TuneConfig:
     #: No trial is pruned before this many epochs (regularized models start slower).
     min_resource: int = 1
     reduction_factor: int = 3
-    #: TPE (multivariate, constant liar for parallel workers), seeded.
+    #: Seeds the start-up design (scrambled Sobol) and, with each worker's index, that
+    #: worker's TPE (multivariate, constant liar): rnnreg/tuning/study.py.
     sampler_seed: int = 1
+    #: Points of the start-up design, queued once before any worker starts (at most
+    #: ``trials``); TPE's own draws begin after as many trials have completed.
     startup_trials: int = 5
     #: None: Optuna's journal file ``<dir>/journal.log``; or an RDB URL, e.g.
     #: ``postgresql://user@host/db`` (heartbeats, failed trials retried).
