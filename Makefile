@@ -33,7 +33,7 @@ LEDGER_DIR ?= $(OUTPUTS_ROOT)/ledger
 LEDGER_THREADS ?= 2
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-fast lint format run data bench sweep sweep-paper ledger-runs report rescore results record clean gpu-pack gpu-check tune tune-paper postgres-server
+.PHONY: help setup test test-fast lint format run data bench sweep sweep-paper ledger-runs report rescore results record clean gpu-pack gpu-check tune tune-paper postgres-server verify
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -49,11 +49,11 @@ $(STAMP): pyproject.toml
 setup: $(STAMP) ## create .venv with the pinned dependencies (torch==2.13.0 CPU, hydra-core 1.3, ...)
 
 lint: $(STAMP) ## ruff check
-	$(VENV)/bin/ruff check rnnreg tests scripts
+	$(VENV)/bin/ruff check rnnreg tests scripts examples
 
 format: $(STAMP) ## ruff format + autofix
-	$(VENV)/bin/ruff check --fix rnnreg tests scripts
-	$(VENV)/bin/ruff format rnnreg tests scripts
+	$(VENV)/bin/ruff check --fix rnnreg tests scripts examples
+	$(VENV)/bin/ruff format rnnreg tests scripts examples
 
 # The numerical tests again with two threads: other kernels' blocking rounds differently,
 # so an exact comparison that only holds on one machine's kernels fails here, not for a user.
@@ -61,7 +61,7 @@ NUMERIC_TESTS := tests/test_lstm.py tests/test_recurrence.py tests/test_model.py
 	tests/test_mc.py tests/test_variants.py tests/test_masks.py
 
 test: $(STAMP) postgres-server ## set up, then ruff, the whole suite (1 thread) and the numerical tests with 2
-	$(VENV)/bin/ruff check rnnreg tests scripts
+	$(VENV)/bin/ruff check rnnreg tests scripts examples
 	RNNREG_TEST_THREADS=1 $(PY) -m pytest -q
 	RNNREG_TEST_THREADS=2 $(PY) -m pytest -q $(NUMERIC_TESTS)
 
@@ -71,8 +71,16 @@ postgres-server: ## make sure a PostgreSQL server is installed (the tuning test 
 		  (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql) >/dev/null; }
 
 test-fast: $(STAMP) ## the suite without the subprocess (kill, CLI, sweep) tests, for the edit-run loop
-	$(VENV)/bin/ruff check rnnreg tests scripts
+	$(VENV)/bin/ruff check rnnreg tests scripts examples
 	$(PY) -m pytest -q -m "not slow"
+
+# `make verify` checks every variant (built-in and installed plug-ins); VARIANT=<name> one.
+VARIANT ?=
+VERIFY_ARGS ?=
+
+verify: $(STAMP) ## rnnreg verify for VARIANT (default: every variant, plug-ins included), VERIFY_ARGS more overrides (e.g. --no-resume)
+	@variants="$(VARIANT)"; [ -n "$$variants" ] || variants=$$($(PY) -c "from rnnreg.config.schema import group_options; print(' '.join(group_options('variant')))"); \
+	rc=0; for v in $$variants; do $(PY) -m rnnreg.verify variant=$$v $(VERIFY_ARGS) || rc=1; echo; done; exit $$rc
 
 run: $(STAMP) ## set up, then a short real run on PTB (Zaremba small, 2 epochs, a few minutes)
 	$(PY) -m rnnreg.train experiment=zaremba_small trainer.epochs=2 hydra.run.dir=$(abspath $(RUN_DIR))

@@ -239,19 +239,20 @@ def cases_for(model: str, args: argparse.Namespace) -> list[Case]:
             continue  # the fused path compiles nothing: one row per precision
         if path == "fused" and not fused_variant(variant):
             continue
-        loop = path == "loop" or not fused_variant(variant)
+        loop = path in ("loop", "generic") or not fused_variant(variant)
         for block in args.compile_blocks if loop else [None]:
             cases.append(Case(model, variant, path, mode, precision, block))
     return cases
 
 
 def fused_variant(variant: str) -> bool:
-    """Whether the variant runs on the fused path under ``model.lstm_impl=auto``."""
+    """Whether the variant runs on the fused path under ``model.lstm_impl=auto`` (a plug-in
+    rule never does: it runs on the generic path)."""
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         run = to_run_config(compose("config", overrides=[f"variant={variant}"]))
-    from rnnreg.model.lm import in_step_dropout
+    from rnnreg.model.lm import in_step_dropout, plugin_rule
 
-    return not in_step_dropout(run.variant, 0).needs_loop
+    return plugin_rule(run.variant) is None and not in_step_dropout(run.variant, 0).needs_loop
 
 
 def main() -> None:
@@ -259,7 +260,10 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["small", "medium"])
     parser.add_argument("--variants", nargs="+", default=None, help="default: every variant")
     parser.add_argument(
-        "--paths", nargs="+", default=["auto"], help="auto (each variant's path), loop, fused"
+        "--paths",
+        nargs="+",
+        default=["auto"],
+        help="auto (each variant's path), loop, fused, generic (autograd through the rule's hooks)",
     )
     parser.add_argument("--compile-modes", nargs="+", default=["default"])
     parser.add_argument("--precisions", nargs="+", default=["fp32"])

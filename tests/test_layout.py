@@ -24,6 +24,7 @@ PACKAGES = [
     "records",
     "training",
     "tuning",
+    "verification",
     "reporting",
     "cli",
 ]

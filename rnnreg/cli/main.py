@@ -5,6 +5,7 @@ rnnreg report [--outputs DIR] ...                    (python -m rnnreg.report)
 rnnreg rescore <run dir> [--grid] [key=value ...]    (python -m rnnreg.rescore)
 rnnreg ledger record <run dir> | table               (python -m rnnreg.ledger)
 rnnreg tune [tune.key=value ...] [run overrides ...] (python -m rnnreg.tune)
+rnnreg verify variant=<name> [key=value ...]         (python -m rnnreg.verify)
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import sys
 
 from rnnreg import error_exit
 
-COMMANDS = ("train", "report", "rescore", "ledger", "tune")
+COMMANDS = ("train", "report", "rescore", "ledger", "tune", "verify")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
         return tune()
     if command == "report":
         from rnnreg.reporting.report import main as entry
+    elif command == "verify":
+        from rnnreg.cli.verify import main as entry
     elif command == "rescore":
         from rnnreg.cli.rescore import main as entry
     else:

@@ -34,11 +34,14 @@ class Granularity(str, Enum):
 
 
 class LSTMPath(str, Enum):
-    """How an LSTM layer runs: the fused library kernel, or a loop with in-step masks."""
+    """How an LSTM layer runs: the fused library kernel; a loop with in-step masks and the
+    hand-written backward (``loop``); or the same loop over a rule's hooks, differentiated
+    by autograd (``generic``: any rule, the only path of a plug-in rule)."""
 
     auto = "auto"
     fused = "fused"
     loop = "loop"
+    generic = "generic"
 
 
 class MemoryScale(str, Enum):

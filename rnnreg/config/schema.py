@@ -8,6 +8,8 @@ composed config into objects.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import os
 from dataclasses import dataclass, field, fields
 from enum import Enum
@@ -24,9 +26,11 @@ from rnnreg.config.dropout import (
     Granularity,
     LayerDropout,
     LSTMPath,
+    check_rate,
     coerce_enums,
     is_rate,
 )
+from rnnreg.config.plugins import plugins
 
 
 class Device(str, Enum):
@@ -595,10 +599,59 @@ def _root_resolver(relative: str = "") -> str:
 
 
 def register() -> None:
-    """Register the schema and the ``${rnnreg.root:...}`` resolver (idempotent)."""
+    """Register the schema, every plug-in variant (``variant/<name>``, its settings joined
+    to :class:`VariantConfig`) and the ``${rnnreg.root:...}`` resolver (idempotent)."""
     if not OmegaConf.has_resolver("rnnreg.root"):
         OmegaConf.register_new_resolver("rnnreg.root", _root_resolver)
-    ConfigStore.instance().store(name="base_config", node=RunConfig)
+    store = ConfigStore.instance()
+    store.store(name="base_config", node=RunConfig)
+    for name, rule in plugins().items():
+        node = OmegaConf.merge(
+            OmegaConf.structured(plugin_variant_schema(rule)), OmegaConf.load(rule.conf)
+        )
+        store.store(group="variant", name=name, node=node)
+
+
+@functools.cache
+def plugin_variant_schema(rule: Any) -> type:
+    """:class:`VariantConfig` with the fields of ``rule.settings``: a closed schema, so a
+    typo in a plug-in's rate fails at start-up as for the built-ins; its rates are
+    checked to lie in [0, 1) (``rule.masks``). The class keeps ``rule`` (the model builds
+    the rule from it, rnnreg/model/lm.py)."""
+    own = dataclasses.fields(rule.settings)
+    clash = {f.name for f in own} & {f.name for f in dataclasses.fields(VariantConfig)}
+    if clash:
+        raise RnnregError(
+            f"plug-in variant {rule.name!r}: settings {sorted(clash)} are already variant "
+            "settings; rename them (e.g. with the rule's name as a prefix)"
+        )
+    rates = tuple(spec.rate for spec in rule.masks)
+
+    def __post_init__(self: Any) -> None:
+        VariantConfig.__post_init__(self)
+        for key in rates:
+            check_rate(getattr(self, key), f"variant.{key}")
+
+    return dataclasses.make_dataclass(
+        f"{rule.settings.__name__}Variant",
+        [(f.name, f.type, dataclasses.field(default=f.default)) for f in own],
+        bases=(VariantConfig,),
+        namespace={
+            "rule": rule,
+            "__post_init__": __post_init__,
+            "__module__": rule.settings.__module__,
+        },
+    )
+
+
+def plugin_settings(variant: VariantConfig) -> Any:
+    """The plug-in rule's own settings object from a composed variant, or None (built-in)."""
+    rule = getattr(type(variant), "rule", None)
+    if rule is None:
+        return None
+    return rule.settings(
+        **{f.name: getattr(variant, f.name) for f in dataclasses.fields(rule.settings)}
+    )
 
 
 def to_run_config(cfg: DictConfig) -> RunConfig:
@@ -613,11 +666,13 @@ def to_run_config(cfg: DictConfig) -> RunConfig:
 
 
 def group_options(group: str, conf_dir: os.PathLike[str] | str = CONF_DIR) -> list[str]:
-    """The option names available in a config group (the YAML files of ``conf/<group>``)."""
+    """The option names available in a config group (the YAML files of ``conf/<group>``,
+    and for ``variant`` the installed plug-ins)."""
     directory = os.path.join(conf_dir, group)
-    if not os.path.isdir(directory):
-        return []
-    return sorted(f[:-5] for f in os.listdir(directory) if f.endswith(".yaml"))
+    found = set(plugins()) if group == "variant" else set()
+    if os.path.isdir(directory):
+        found |= {f[:-5] for f in os.listdir(directory) if f.endswith(".yaml")}
+    return sorted(found)
 
 
 def as_plain_dict(run: RunConfig) -> dict[str, Any]:

@@ -19,12 +19,20 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from rnnreg.config.schema import GateMasks, InitScheme, ModelConfig, Precision, VariantConfig
+from rnnreg.config.schema import (
+    GateMasks,
+    InitScheme,
+    ModelConfig,
+    Precision,
+    VariantConfig,
+    plugin_settings,
+)
 from rnnreg.core.precision import autocast
 from rnnreg.model.lstm import InStepDropout, LSTMLayer
 from rnnreg.model.regularizers import ActivationDropout
 from rnnreg.model.regularizers.embedding import embed_with_type_dropout
 from rnnreg.model.regularizers.masks import MCDropout
+from rnnreg.model.rule import Rule
 
 State = list[tuple[torch.Tensor, torch.Tensor]]
 
@@ -47,6 +55,13 @@ def in_step_dropout(variant: VariantConfig, layer_index: int) -> InStepDropout:
     )
 
 
+def plugin_rule(variant: VariantConfig) -> Rule | None:
+    """The plug-in rule of ``variant`` with its settings (rnnreg/config/plugins.py), or
+    None for a built-in variant."""
+    settings = plugin_settings(variant)
+    return None if settings is None else type(variant).rule(settings)  # type: ignore[attr-defined]
+
+
 class LanguageModel(nn.Module):
     """An LSTM language model whose regularization is given by a :class:`VariantConfig`."""
 
@@ -67,7 +82,9 @@ class LanguageModel(nn.Module):
         output_sizes = [model.hidden_size] * (model.num_layers - 1) + [model.output_size]
         input_sizes = [model.embedding_size, *output_sizes[:-1]]
         self.layers = nn.ModuleList(
-            LSTMLayer(n_in, n_out, in_step_dropout(variant, index), model.lstm_impl)
+            LSTMLayer(
+                n_in, n_out, in_step_dropout(variant, index), model.lstm_impl, plugin_rule(variant)
+            )
             for index, (n_in, n_out) in enumerate(zip(input_sizes, output_sizes, strict=True))
         )
         if model.compile:
@@ -92,7 +109,7 @@ class LanguageModel(nn.Module):
 
     @property
     def lstm_path(self) -> str:
-        """``fused``, ``loop``, or ``mixed`` when layers differ."""
+        """``fused``, ``loop``, ``generic``, or ``mixed`` when layers differ."""
         paths = {layer.path.value for layer in self.layers}
         return paths.pop() if len(paths) == 1 else "mixed"
 

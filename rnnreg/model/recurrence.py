@@ -116,11 +116,15 @@ def whole(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def block_input(tensor: torch.Tensor, time_major: bool) -> torch.Tensor:
-    """``tensor``, detached, with the shape hints that keep the compiled code general:
+    """``tensor``, detached, with the shape hints of :func:`shape_hints`."""
+    return shape_hints(tensor.detach(), time_major)
+
+
+def shape_hints(part: torch.Tensor, time_major: bool) -> torch.Tensor:
+    """``part`` itself, marked with the shape hints that keep the compiled code general:
     the time dimension static (a block's length, K or 1: automatic dynamic shapes would
     make it symbolic once both were seen) and the batch dimensions (all but time and the
     last) dynamic, so training, validation, test and MC batch sizes share one graph."""
-    part = tensor.detach()
     if time_major:
         torch._dynamo.mark_static(part, 0)
     for dim in range(1 if time_major else 0, part.dim() - 1):
@@ -146,11 +150,22 @@ def _on_carried_memory(z_m: torch.Tensor, memory: MemoryForm) -> torch.Tensor:
     return (z_m != 0).to(z_m.dtype) if memory.scale_on_output else z_m
 
 
-def _cell(
-    a_i: torch.Tensor,
-    a_f: torch.Tensor,
-    a_g: torch.Tensor,
-    a_o: torch.Tensor,
+class Gates(NamedTuple):
+    """The LSTM's gate values at one step, each (B, H): i, f, o = σ(a), g = tanh(a_g)."""
+
+    i: torch.Tensor
+    f: torch.Tensor
+    g: torch.Tensor
+    o: torch.Tensor
+
+
+def activate(a_i: torch.Tensor, a_f: torch.Tensor, a_g: torch.Tensor, a_o: torch.Tensor) -> Gates:
+    """i, f, o = σ(a_i, a_f, a_o), g = tanh(a_g): the cell's nonlinearity before any post hook."""
+    return Gates(torch.sigmoid(a_i), torch.sigmoid(a_f), torch.tanh(a_g), torch.sigmoid(a_o))
+
+
+def builtin_update(
+    gates: Gates,
     h: torch.Tensor,
     c: torch.Tensor,
     z_u: Mask,
@@ -158,11 +173,11 @@ def _cell(
     z_c: Mask,
     z_hh: Mask,
     memory: MemoryForm,
-) -> tuple[torch.Tensor, ...]:
-    """One step after the gate pre-activations: (h_t, c_t, i, f, g, o, τ) with τ the tanh
-    in ĥ_t (ĥ_t = o ∘ τ, or o ∘ τ ∘ z_m with ``scale_on_output``)."""
-    i, f, o = torch.sigmoid(a_i), torch.sigmoid(a_f), torch.sigmoid(a_o)
-    g = torch.tanh(a_g)
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The built-in rules' post hook: (h_t, c_t, τ) from the gates and (h_{t-1}, c_{t-1}),
+    the equations of this module's docstring (Semeniuta's z_u, Moon's z_m, zoneout's
+    z^c, z^h); τ is the tanh in ĥ_t (ĥ_t = o ∘ τ, or o ∘ τ ∘ z_m with ``scale_on_output``)."""
+    i, f, g, o = gates
     c_hat = torch.addcmul(f * c, i if z_u is None else i * z_u, g)
     if z_m is not None and memory.carried:
         c_hat = c_hat * _on_carried_memory(z_m, memory)
@@ -172,7 +187,7 @@ def _cell(
     c_new = c_hat if z_c is None else torch.lerp(c_hat, c, z_c)  # z c + (1 - z) ĉ
     if z_hh is not None:
         h_new = torch.lerp(h_new, h, z_hh)
-    return h_new, c_new, i, f, g, o, tau
+    return h_new, c_new, tau
 
 
 def _steps(
@@ -192,12 +207,13 @@ def _steps(
         a = _gate_preactivations(gx[t], h, weight_hh, z.hidden, untied)
         if save:
             c_prev.append(c)
-        h, c, i, f, g, o, tau = _cell(
-            *a, h, c, z.update, z.memory, z.zoneout_cell, z.zoneout_hidden, memory
+        values = activate(*a)
+        h, c, tau = builtin_update(
+            values, h, c, z.update, z.memory, z.zoneout_cell, z.zoneout_hidden, memory
         )
         outputs.append(h)
         if save:
-            gates.append(torch.stack((i, f, g, o)))
+            gates.append(torch.stack(values))
             taus.append(tau)
     if not save:
         return torch.stack(outputs), h, c

@@ -18,7 +18,8 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from rnnreg import RnnregError
-from rnnreg.config.schema import CONF_DIR, RunConfig, flat_settings
+from rnnreg.config.plugins import plugin_space, plugins
+from rnnreg.config.schema import CONF_DIR, RunConfig, flat_settings, plugin_variant_schema
 
 SPACE_DIR = CONF_DIR / "tune" / "space"
 
@@ -110,13 +111,22 @@ def _param(key: str, spec: Any, known: dict[str, Any], source: Path) -> Param:
 
 
 def load_space(variant: str, folder: Path = SPACE_DIR) -> list[Param]:
-    """The search space of ``variant``, checked: every key exists, every rate in [0, 1)."""
+    """The search space of ``variant``, checked: every key exists, every rate in [0, 1).
+
+    A plug-in variant's space is the YAML its rule ships (``Rule.space``), its keys
+    checked against the variant schema with the plug-in's settings."""
     source = folder / f"{variant}.yaml"
+    plugin = variant in plugins() and not source.is_file()
+    if plugin:
+        source = plugin_space(variant) or source
     if not source.is_file():
         have = ", ".join(sorted(p.stem for p in folder.glob("*.yaml")))
         raise RnnregError(f"no search space for {variant!r}: write {source} (spaces: {have})")
     spec = OmegaConf.to_container(OmegaConf.load(source), resolve=True)
-    schema = OmegaConf.to_container(OmegaConf.structured(RunConfig), resolve=False)
+    structured = OmegaConf.structured(RunConfig)
+    if plugin:
+        structured.variant = OmegaConf.structured(plugin_variant_schema(plugins()[variant]))
+    schema = OmegaConf.to_container(structured, resolve=False)
     assert isinstance(spec, dict) and isinstance(schema, dict)
     known = flat_settings(schema)
     return [_param(str(key), value, known, source) for key, value in spec.items()]

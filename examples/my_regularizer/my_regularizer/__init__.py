@@ -1,0 +1,1 @@
+"""Variational zoneout, an rnnreg plug-in rule (README.md)."""
