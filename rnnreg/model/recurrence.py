@@ -556,16 +556,21 @@ class Recurrence:
                 first += length
         return spans
 
-    def _compiled(self, which: str, length: int) -> Callable[..., Any]:
+    def _function(self, which: Hashable) -> Callable[..., Any]:
+        """The plain function of a role (:data:`_ROLES`)."""
+        return _ROLES[which]  # type: ignore[index]
+
+    def _compiled(self, which: Hashable, length: int) -> Callable[..., Any]:
         cache_key = (self.key, which, length)
         if cache_key not in _COMPILED:
-            copy = _own_copy(_ROLES[which])
+            copy = _own_copy(self._function(which))
             _COMPILED[cache_key] = (torch.compile(copy, **self.options), copy)
         return _COMPILED[cache_key][0]
 
-    def _run(self, which: str, *args: Any) -> tuple[torch.Tensor, ...]:
+    def _run(self, which: Hashable, *args: Any) -> tuple[torch.Tensor, ...]:
+        """``which``'s function on ``args`` (a block: its first argument is time-major)."""
         if not self.compiled:
-            return _ROLES[which](*args)
+            return self._function(which)(*args)
         try:
             with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):
                 result = self._compiled(which, args[0].size(0))(*args)
