@@ -37,6 +37,7 @@ from hydra import compose, initialize_config_dir
 
 from rnnreg.config.schema import CONF_DIR, group_options, register, to_run_config
 from rnnreg.core.malloc import tune_malloc
+from rnnreg.core.opcount import OperatorCounts, count_operators
 from rnnreg.core.precision import apply_precision
 from rnnreg.data.corpus import Corpus
 from rnnreg.training.trainer import Trainer
@@ -60,6 +61,9 @@ class Case:
     rates: list[float] = field(default_factory=list)
     peak_mb: float = 0.0
     error: str = ""
+    #: Operators per step (rnnreg/core/opcount.py) and inductor kernels generated per graph.
+    ops: OperatorCounts | None = None
+    kernels: int = 0
 
     @property
     def label(self) -> str:
@@ -162,7 +166,9 @@ def bench_model(model: str, cases: list[Case], args: argparse.Namespace, folder:
         try:
             build(case, args, folder)
             started = time.perf_counter()
+            kernels_before = generated_kernels()
             run_steps(case, args.warmup, positions[case.label])  # compiles, if it compiles
+            case.kernels = generated_kernels() - kernels_before
             print(f"  built {model} {case.label} ({time.perf_counter() - started:.1f} s)")
             live.append(case)
         except Exception as exc:  # one configuration that cannot run is reported, not fatal
@@ -179,7 +185,37 @@ def bench_model(model: str, cases: list[Case], args: argparse.Namespace, folder:
             case.peak_mb = max(case.peak_mb, peak_mb(case.trainer.device))
             case.rates.append(args.steps * batch * bptt / seconds)
         order.reverse()
+    for case in order if args.profile_steps else []:  # after the timing: it costs time
+        position = positions[case.label]
+        case.ops = count_operators(
+            lambda c=case, p=position: run_steps(c, 1, p), args.profile_steps
+        )
     return table(model, cases, args)
+
+
+def generated_kernels() -> int:
+    """Kernels inductor has generated in this process so far."""
+    from torch._inductor import metrics
+
+    return metrics.generated_kernel_count
+
+
+def op_cells(case: Case) -> str:
+    """host dispatches | compute operators (+ compiled-graph calls) | kernels per graph
+    (| CUDA kernels), per step."""
+    ops = case.ops
+    if ops is None:
+        return "– | – | –"
+    assert case.trainer is not None
+    graphs = case.trainer.model.compilations
+    per_graph = f"{case.kernels / graphs:.1f} ({graphs})" if graphs else "–"
+    compute = f"{ops.per_step(ops.compute):.0f}"
+    if ops.compiled_calls:
+        compute += f" + {ops.per_step(ops.compiled_calls):.0f} graphs"
+    cells = f"{ops.per_step(ops.dispatches):.0f} | {compute} | {per_graph}"
+    if ops.cuda_kernels:
+        cells += f" | {ops.per_step(ops.cuda_kernels):.0f}"
+    return cells
 
 
 def table(model: str, cases: list[Case], args: argparse.Namespace) -> str:
@@ -199,14 +235,17 @@ def table(model: str, cases: list[Case], args: argparse.Namespace) -> str:
         f"model={model} (batch {batch}, bptt {bptt}) on {where}, {torch.get_num_threads()} "
         f"threads, torch {torch.__version__}, {rounds} rounds x {args.steps} steps",
         "",
-        f"| variant | path | compile | precision | tokens/s | ratio to none | {memory} | spread |",
-        "|---|---|---|---|---:|---:|---:|---|",
+        f"| variant | path | compile | precision | tokens/s | ratio to none | {memory} | spread "
+        "| host dispatches/step | compute ops/step | kernels/graph (graphs) |"
+        + (" CUDA kernels/step |" if where not in ("cpu", "unknown") else ""),
+        "|---|---|---|---|---:|---:|---:|---|---:|---:|---:|"
+        + ("---:|" if where not in ("cpu", "unknown") else ""),
     ]
     for case in cases:
         if not case.rates:
             lines.append(
                 f"| {case.variant} | {case.path} | {case.compile_mode} | {case.precision} | "
-                f"– | – | – | {case.error} |"
+                f"– | – | – | {case.error} | – | – | – |"
             )
             continue
         assert case.trainer is not None
@@ -221,7 +260,7 @@ def table(model: str, cases: list[Case], args: argparse.Namespace) -> str:
             path += f" (block {case.block})"
         lines.append(
             f"| {case.variant} | {path} | {case.compile_mode} | {case.precision} | "
-            f"{median:.0f} | {ratio} | {case.peak_mb:.0f} | {spread} |"
+            f"{median:.0f} | {ratio} | {case.peak_mb:.0f} | {spread} | {op_cells(case)} |"
         )
     return "\n".join(lines)
 
@@ -278,6 +317,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument(
+        "--profile-steps",
+        type=int,
+        default=3,
+        help="steps profiled per case for the operator columns (0: none)",
+    )
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--eager", action="store_true", help="model.compile=false")
     parser.add_argument(

@@ -149,6 +149,36 @@ def test_a_finite_step_is_torch_sgd_exactly() -> None:
     FiniteSGD(ours, lr=2.0).load_state_dict(sgd_state)
 
 
+def test_a_checkpoint_of_the_older_finite_sgd_loads_and_steps() -> None:
+    """Before 2026-12-05 its groups held only lr and weight_decay (a torch.optim.Optimizer)."""
+    weights = [torch.nn.Parameter(torch.ones(3))]
+    old = {"state": {}, "param_groups": [{"lr": 0.25, "weight_decay": 0.0, "params": [0]}]}
+    optimizer = FiniteSGD(weights, lr=1.0)
+    optimizer.load_state_dict(old)
+    assert optimizer.param_groups[0]["lr"] == 0.25 and optimizer.param_groups[0]["fused"]
+    weights[0].grad = torch.ones(3)
+    optimizer.step(finite=torch.tensor(True))
+    torch.testing.assert_close(weights[0].detach(), torch.full((3,), 0.75))
+
+
+def test_the_optimizer_step_costs_the_same_operators_for_any_number_of_parameters() -> None:
+    """One fused update, whatever the parameter count; no read back to the host."""
+    from rnnreg.core.opcount import count_operators
+
+    def counts(n: int):
+        weights = [torch.nn.Parameter(torch.randn(3)) for _ in range(n)]
+        for w in weights:
+            w.grad = torch.randn(3)
+        optimizer = FiniteSGD(weights, lr=0.1, weight_decay=0.01)
+        finite = torch.tensor(True)
+        return count_operators(lambda: optimizer.step(lr_scale=0.5, finite=finite), steps=2)
+
+    few, many = counts(2), counts(40)
+    assert few.compute == many.compute and few.dispatches == many.dispatches
+    assert few.per_step(few.compute) <= 4, few.names
+    assert "aten::item" not in few.names and "aten::_local_scalar_dense" not in few.names
+
+
 def test_a_diverged_run_keeps_its_last_good_checkpoint(
     make_config, tmp_path: Path, monkeypatch, caplog
 ) -> None:

@@ -64,38 +64,57 @@ class EpochSchedule:
         self.inner.load_state_dict(state)
 
 
-class FiniteSGD(torch.optim.Optimizer):
+class FiniteSGD(torch.optim.SGD):
     """Plain SGD whose step is skipped, on the device, when it is not finite:
 
         p ← p − s η (g + λ p)   if ``finite``,   else p
 
     with s the step's scale of the learning rate (AWD-LSTM's variable BPTT scales it by
     L / bptt) and λ the weight decay. ``finite`` is a 0-dim bool tensor computed on the
-    device (rnnreg/training/trainer.py); the step reads nothing back to the host, so the trainer
-    never waits for the GPU, and a step with a non-finite loss or gradient leaves every
-    weight as it was. The arithmetic is ``torch.optim.SGD``'s (same ops, same order), and
-    its state_dict loads SGD's (checkpoints written before this class).
+    device (rnnreg/training/step.py). The update is ``torch.optim.SGD(fused=True)``: one
+    fused operator for every parameter, whatever their number, which skips the step
+    itself when its ``found_inf`` (the attribute ``GradScaler`` sets) holds 1.0. Nothing
+    is read back to the host, so the trainer never waits for the GPU, and a step with a
+    non-finite loss or gradient leaves every weight as it was.
+
+    Its state_dict is SGD's; one written before (only ``lr`` and ``weight_decay`` in its
+    groups) loads with SGD's other settings filled in.
     """
 
     def __init__(
         self, params: Iterable[torch.nn.Parameter], lr: float, weight_decay: float = 0.0
     ) -> None:
-        super().__init__(params, {"lr": lr, "weight_decay": weight_decay})
+        super().__init__(params, lr=lr, weight_decay=weight_decay, fused=True)
 
     @torch.no_grad()
     def step(  # type: ignore[override]
-        self, closure: None = None, *, lr_scale: float = 1.0, finite: torch.Tensor | None = None
+        self,
+        closure: None = None,
+        *,
+        lr_scale: float = 1.0,
+        finite: torch.Tensor | None = None,
+        found_inf: torch.Tensor | None = None,
     ) -> None:
-        for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
-            if not params:
-                continue
-            grads = [p.grad for p in params]
-            if group["weight_decay"]:
-                grads = torch._foreach_add(grads, params, alpha=group["weight_decay"])
-            if finite is not None:  # a non-finite step adds 0 · (nothing) to every weight
-                grads = [torch.where(finite, g, 0.0) for g in grads]
-            torch._foreach_add_(params, grads, alpha=-group["lr"] * lr_scale)
+        """The update, scaled by ``lr_scale``; skipped when ``finite`` (bool) is False or
+        ``found_inf`` (float, its complement, what the trainer passes) is 1.0."""
+        if found_inf is None and finite is not None:
+            found_inf = torch.logical_not(finite).float()
+        self.found_inf = found_inf
+        if lr_scale != 1.0:
+            for group in self.param_groups:
+                group["lr"] *= lr_scale
+        try:
+            super().step()
+        finally:
+            if lr_scale != 1.0:
+                for group in self.param_groups:
+                    group["lr"] /= lr_scale
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """SGD's, with the settings a checkpoint of the older FiniteSGD lacks taken from
+        this optimizer's own defaults (momentum 0, fused)."""
+        groups = [{**self.defaults, **group} for group in state_dict["param_groups"]]
+        super().load_state_dict({**state_dict, "param_groups": groups})
 
 
 def build_optimizer(

@@ -96,31 +96,32 @@ class TrainingProgress:
 
 class StepTotals:
     """What the steps since the last read add up to, kept on the device so that a step
-    never waits for it: the summed NLL, the summed gradient norm, and the first step whose
-    loss or gradient was not finite (0: none). :meth:`read` synchronises once."""
+    never waits for it: the summed NLL and gradient norm, (2,) in float64, and the first
+    step whose loss or gradient was not finite (inf: none), in four operators per step.
+    :meth:`read` synchronises once."""
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
         self.reset()
 
     def reset(self) -> None:
-        zero = torch.zeros((), dtype=torch.float64, device=self.device)
-        self.nll, self.grad_norm = zero, zero.clone()
-        self.bad_step = torch.zeros((), dtype=torch.int64, device=self.device)
+        self.sums = torch.zeros(2, dtype=torch.float64, device=self.device)
+        self.first_bad = torch.full((), math.inf, dtype=torch.float64, device=self.device)
         self.steps, self.tokens = 0, 0
 
     def add(
         self,
         nll_sum: torch.Tensor,
         grad_norm: torch.Tensor,
-        finite: torch.Tensor,
+        found_inf: torch.Tensor,
         step: int,
         tokens: int,
     ) -> None:
-        self.nll = self.nll + nll_sum.detach().double()
-        self.grad_norm = self.grad_norm + grad_norm.detach().double()
-        first = (self.bad_step == 0) & ~finite
-        self.bad_step = torch.where(first, step, self.bad_step)
+        """One step's summed NLL and gradient norm, and ``found_inf`` (float 1.0 when it
+        was not finite, else 0.0): first_bad = min(first_bad, step / found_inf), where
+        step / 0 = inf."""
+        self.sums += torch.stack((nll_sum.detach(), grad_norm.detach())).double()
+        torch.minimum(self.first_bad, step / found_inf, out=self.first_bad)
         self.steps += 1
         self.tokens += tokens
 
@@ -138,9 +139,7 @@ class StepTotals:
     def read(self) -> tuple[float, float, int | None, int, int]:
         """(NLL sum, gradient-norm sum, first non-finite step or None, steps, tokens), and
         start over."""
-        nll, grad_norm, bad = torch.stack(
-            (self.nll, self.grad_norm, self.bad_step.double())
-        ).tolist()
+        nll, grad_norm, bad = torch.cat((self.sums, self.first_bad.view(1))).tolist()
         steps, tokens = self.steps, self.tokens
         self.reset()
-        return nll, grad_norm, int(bad) or None, steps, tokens
+        return nll, grad_norm, None if math.isinf(bad) else int(bad), steps, tokens

@@ -49,12 +49,15 @@ class WindowStep:
         pause_point("step")  # inside a step: gradients computed, weights not yet updated
         max_norm = run.optim.clip_grad_norm or math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
-        # finite: a perplexity exp(NLL) that fp64 can hold (NLL < 709.8) and a finite norm
+        # finite: a perplexity exp(NLL) that fp64 can hold (NLL < 709.8) and a finite norm;
+        # found_inf is its float complement, which the fused SGD step reads (FiniteSGD)
         finite = torch.isfinite(nll.detach().double().exp()) & torch.isfinite(grad_norm)
+        found_inf = torch.logical_not(finite).float()
         scale = inputs.size(0) / run.trainer.bptt if run.trainer.variable_bptt else 1.0
-        optimizer.step(lr_scale=scale, finite=finite)
+        optimizer.step(lr_scale=scale, found_inf=found_inf)
         self.parts.averaging.update(model)
-        self.totals.add(nll.detach() * targets.numel(), grad_norm, finite, step, targets.numel())
+        tokens = targets.numel()
+        self.totals.add(nll.detach() * tokens, grad_norm, found_inf, step, tokens)
         return detach_state(w.state)
 
     def penalties(self, steps: int) -> dict[str, float]:
