@@ -129,6 +129,7 @@ def test_the_bench_times_every_case_under_its_own_precision(
         rounds=2,
         steps=2,
         warmup=1,
+        profile_steps=1,
         time_budget=0,
         override=[
             "model.embedding_size=16",
@@ -152,3 +153,4 @@ def test_the_bench_times_every_case_under_its_own_precision(
     expected = {"fp32": "ieee", "tf32": "tf32"}
     assert {p for p, _ in seen} == {"fp32", "tf32"}
     assert all(flag == expected[p] for p, flag in seen), seen
+    assert all(case.ops is not None and case.ops.compute > 0 for case in cases)  # profiled too
