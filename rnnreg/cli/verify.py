@@ -1,4 +1,5 @@
-"""``rnnreg verify variant=<name> [overrides] [--no-resume]``: check a rule (docs/extending.md).
+"""``rnnreg verify variant=<name> [objective=fd|eld|pi] [overrides] [--no-resume]``: check a
+rule, and a two-pass objective with it (docs/extending.md).
 
 Prints one table (check, result, what was measured) and exits 1 when any check fails,
 2 on bad input. The variant is composed as ``rnnreg train`` composes it, so its overrides
@@ -55,10 +56,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run = _compose(overrides)
         from rnnreg.verification.checks import all_checks
+        from rnnreg.verification.objective import objective_checks
         from rnnreg.verification.runs import composition_check, resume_check
 
         started = time.monotonic()
         rows = [*all_checks(run.variant), composition_check(run.variant)]
+        rows += objective_checks(run.variant, run.objective)
         if resume:
             rows.append(resume_check(overrides))
     except RnnregError as exc:

@@ -254,6 +254,34 @@ class OptimConfig:
         _check_positive("optim", "weight_decay", self.weight_decay, allow_zero=True)
 
 
+class Objective(str, Enum):
+    """The training objective (rnnreg/training/objective.py): the cross-entropy alone, or a
+    second pass of the window with a penalty on the scores' difference: fraternal dropout
+    (``fd``), expectation-linear dropout (``eld``), the Π-model (``pi``)."""
+
+    none = "none"
+    fd = "fd"
+    eld = "eld"
+    pi = "pi"
+
+
+@dataclass
+class ObjectiveConfig:
+    """``objective=none|fd|eld|pi``, composable with any variant; ``kappa`` weighs the
+    penalty κ · mean((s¹ − s²)²) on the pre-softmax scores of the two passes."""
+
+    name: Objective = Objective.none
+    kappa: float = 0.0
+
+    def __post_init__(self) -> None:
+        coerce_enums(self, "objective")
+        _check_positive("objective", "kappa", self.kappa, allow_zero=True)
+
+    @property
+    def two_pass(self) -> bool:
+        return self.name is not Objective.none
+
+
 class Stage(str, Enum):
     """``finetune``: restart averaged SGD from ``trainer.init_from``'s best weights (AWD)."""
 
@@ -575,6 +603,7 @@ class RunConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     seed: int = 1
 
     def __post_init__(self) -> None:
@@ -588,7 +617,7 @@ class RunConfig:
 
 
 #: The config groups users choose from (``group=option``), one per concern.
-GROUPS = ("dataset", "model", "variant", "optim", "logger", "experiment")
+GROUPS = ("dataset", "model", "variant", "objective", "optim", "logger", "experiment")
 
 
 CONF_DIR = PROJECT_ROOT / "conf"

@@ -38,7 +38,9 @@ class WindowStep:
         """Optimizer step number ``step`` on the window (inputs, targets) from ``state``;
         returns the state after it, detached."""
         run, model, optimizer = self.run, self.parts.model, self.parts.optimizer
-        w = window_loss(model, inputs, targets, state, run.variant, run.optim.loss_sum_over_time)
+        w = window_loss(
+            model, inputs, targets, state, run.variant, run.optim.loss_sum_over_time, run.objective
+        )
         loss, nll = w.loss, w.nll
         if inject_nan(run.seed, step):
             loss, nll = loss * math.nan, nll * math.nan
