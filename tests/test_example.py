@@ -77,7 +77,8 @@ def test_the_readme_flow_runs_with_the_example_installed(
 
     _run(sys.executable, "-m", "rnnreg.report", "--reference", "zaremba", env=env)
     report = (tmp_path / "out" / "report" / "report.md").read_text()
-    rows = [line for line in report.splitlines() if line.startswith("|")]
+    table = report.split("\n## ")[0]  # the perplexity table, before the sections
+    rows = [line for line in table.splitlines() if line.startswith("|")]
     for variant, path in (
         ("variational_zoneout", "generic"),
         ("zaremba", "fused"),
@@ -86,3 +87,4 @@ def test_the_readme_flow_runs_with_the_example_installed(
         mine = [row for row in rows if f"| {variant} (" in row]
         assert len(mine) == 1 and "| 3 (1 2 3) |" in mine[0] and f"| {path} |" in mine[0], report
     assert "variational_zoneout (" in report.split("against `zaremba")[1]  # compared, with p
+    assert "## Equal time" in report  # tokens/s and wall time beside the perplexity

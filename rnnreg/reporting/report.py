@@ -27,6 +27,7 @@ from rnnreg.reporting.data import (
     published_for,
     summarise,
 )
+from rnnreg.reporting.equal_time import equal_time_section
 from rnnreg.reporting.render import plot_figures, write_csv, write_markdown
 from rnnreg.reporting.tuning import tuning_section
 
@@ -57,7 +58,8 @@ def build_report(outputs: Path, out_dir: Path | None = None, reference: str = "n
     tuning, tuning_figures = tuning_section(outputs, out_dir / "figures", reference)
     write_csv(rows, out_dir / "report.csv")
     markdown = out_dir / "report.md"
-    write_markdown(rows, others, figures + tuning_figures, markdown, comparisons, tuning)
+    sections = tuning + equal_time_section(groups)
+    write_markdown(rows, others, figures + tuning_figures, markdown, comparisons, sections)
     return markdown
 
 

@@ -1,0 +1,137 @@
+"""The equal-time view: what each compared configuration reached in the training wall time
+of the fastest run it is compared with (docs/protocols.md, "Objectives": a two-pass
+objective costs about two steps per step, so an equal budget in epochs is not an equal
+budget in time).
+
+For one setting of the report (dataset, model, budget, precision; standard evaluation),
+with T the shortest training wall time among its runs (the last ``elapsed_s`` of
+``metrics.csv``), each configuration's row gives its mean training tokens/s and wall time,
+its mean best validation perplexity, and its mean best validation perplexity over the
+epochs that ended by T. Only runs of one CPU or GPU model at one thread count are set side
+by side; otherwise the section says why not.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from typing import Any
+
+from rnnreg.reporting.data import Group, Run, setting_of
+
+Row = dict[str, Any]
+
+
+def _epochs(run: Run) -> list[tuple[float, float]]:
+    """(elapsed seconds, validation perplexity) at each epoch's end."""
+    found = []
+    for row in run.metrics():
+        try:
+            found.append((float(row["elapsed_s"]), float(row["val_ppl"])))
+        except (KeyError, TypeError, ValueError):
+            continue
+    return found
+
+
+def best_within(run: Run, seconds: float) -> float | None:
+    """The best validation perplexity among the epochs that ended within ``seconds``."""
+    reached = [ppl for elapsed, ppl in _epochs(run) if elapsed <= seconds and math.isfinite(ppl)]
+    return min(reached) if reached else None
+
+
+def _hardware(run: Run) -> str | None:
+    """The machine and thread count a run trained on; None when it does not record them."""
+    s = run.summary
+    name = s.get("device_name") if s.get("device") not in (None, "cpu") else s.get("cpu_model")
+    if name is None or s.get("threads") is None:
+        return None
+    return f"{name}, {s.get('threads')} thread(s)"
+
+
+def _mean(values: list[float]) -> float | None:
+    return statistics.fmean(values) if values else None
+
+
+def equal_time_rows(groups: list[Group]) -> dict[tuple, tuple[str, list[Row]]]:
+    """Per setting with two or more configurations: (the machine, or why not, and the rows)."""
+    by_setting: dict[tuple, list[Group]] = {}
+    for group in groups:
+        if group.key.evaluation == "standard" and group.runs:
+            by_setting.setdefault(setting_of(group.key), []).append(group)
+    found = {}
+    for setting, members in sorted(by_setting.items()):
+        if len(members) < 2:
+            continue
+        runs = [run for group in members for run in group.runs if _epochs(run)]
+        machines = {_hardware(run) for run in runs}
+        if None in machines:
+            found[setting] = ("not shown: a run does not record its machine and threads", [])
+            continue
+        if len(machines) != 1:
+            found[setting] = (
+                f"not shown: the runs come from {len(machines)} machines or "
+                f"thread counts ({'; '.join(sorted(machines))})",
+                [],
+            )
+            continue
+        fastest = min(_epochs(run)[-1][0] for run in runs)
+        rows = [_row(group, fastest) for group in members]
+        found[setting] = (f"{machines.pop()}; T = {fastest / 3600:.2f} h", rows)
+    return found
+
+
+def _row(group: Group, seconds: float) -> Row:
+    runs = [run for run in group.runs if _epochs(run)]
+    within = [v for v in (best_within(run, seconds) for run in runs) if v is not None]
+    rates = [float(r.summary["tokens_per_s"]) for r in runs if r.summary.get("tokens_per_s")]
+    return {
+        "name": group.name,
+        "runs": len(runs),
+        "tokens_per_s": _mean(rates),
+        "wall_h": _mean([_epochs(run)[-1][0] / 3600 for run in runs]),
+        "best_val": _mean(
+            [
+                float(r.summary["best_val_ppl"])
+                for r in runs
+                if r.summary.get("best_val_ppl") is not None
+            ]
+        ),
+        "best_val_within": _mean(within),
+        "reached": len(within),
+    }
+
+
+def equal_time_section(groups: list[Group]) -> list[str]:
+    """The Markdown section, one table per setting."""
+    found = equal_time_rows(groups)
+    if not found:
+        return []
+    lines = [
+        "",
+        "## Equal time",
+        "",
+        "Each configuration's mean best validation perplexity within T, the training "
+        "wall time of the fastest run of its setting (read from `metrics.csv` at each "
+        "epoch's end), beside its tokens/s and its own wall time. `(n of N)`: runs with "
+        "an epoch that ended by T.",
+    ]
+    for setting, (machine, rows) in found.items():
+        dataset, model, budget, _, _, precision = setting
+        lines += ["", f"### {dataset} / {model} / {budget} / {precision}: {machine}", ""]
+        if not rows:
+            continue
+        lines += [
+            "| variant | runs | tokens/s | wall time (h) | best val ppl | best val ppl within T |",
+            "|---|---|---:|---:|---:|---:|",
+        ]
+        for row in rows:
+            within = "–" if row["best_val_within"] is None else f"{row['best_val_within']:.2f}"
+            if row["best_val_within"] is not None and row["reached"] < row["runs"]:
+                within += f" ({row['reached']} of {row['runs']})"
+            rate = "–" if row["tokens_per_s"] is None else f"{row['tokens_per_s']:,.0f}"
+            best = "–" if row["best_val"] is None else f"{row['best_val']:.2f}"
+            lines.append(
+                f"| {row['name']} | {row['runs']} | {rate} | {row['wall_h']:.2f} | "
+                f"{best} | {within} |"
+            )
+    return lines

@@ -1,0 +1,72 @@
+"""The report's equal-time view (rnnreg/reporting/equal_time.py)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+from rnnreg.reporting.data import find_runs, group_runs
+from rnnreg.reporting.equal_time import equal_time_rows, equal_time_section
+from tests.test_report import fake_run
+
+
+def _timed(
+    root: Path,
+    name: str,
+    variant: str,
+    seed: int,
+    curve: list[tuple[float, float]],
+    cpu: str = "Intel(R) Xeon(R) Processor",
+) -> None:
+    """A finished run whose epochs ended at the given (elapsed seconds, val ppl)."""
+    fake_run(
+        root,
+        name,
+        variant=variant,
+        seed=seed,
+        val=min(v for _, v in curve),
+        test=100.0,
+        epochs=len(curve),
+    )
+    summary_path = root / name / "summary.json"
+    summary = json.loads(summary_path.read_text())
+    summary.update(cpu_model=cpu, threads=1, device="cpu")
+    summary_path.write_text(json.dumps(summary))
+    with open(root / name / "metrics.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(
+            ["epoch", "step", "lr", "train_ppl", "val_ppl", "tokens_per_s", "elapsed_s", "averaged"]
+        )
+        for epoch, (elapsed, val) in enumerate(curve, 1):
+            writer.writerow([epoch, 10 * epoch, 1.0, 200, val, 1000, elapsed, 0])
+
+
+def test_each_row_is_read_at_the_fastest_runs_wall_time(tmp_path: Path) -> None:
+    for seed in (1, 2):  # one pass per step: fast
+        _timed(tmp_path, f"z{seed}", "zaremba", seed, [(100, 150), (200, 130), (300, 120 + seed)])
+    for seed in (1, 2):  # two passes per step: twice as slow, better per epoch
+        _timed(tmp_path, f"g{seed}", "gal", seed, [(200 + seed, 140), (400, 115), (600, 105)])
+    found = equal_time_rows(group_runs(find_runs(tmp_path)))
+    [(machine, rows)] = found.values()
+    assert machine == "Intel(R) Xeon(R) Processor, 1 thread(s); T = 0.08 h"
+    by_name = {row["name"]: row for row in rows}
+    assert by_name["zaremba"]["best_val_within"] == 121.5  # mean of 121, 122
+    assert by_name["gal_tied"]["best_val_within"] == 140.0  # only epoch 1 ended by T = 301
+    assert by_name["gal_tied"]["best_val"] == 105.0 and by_name["gal_tied"]["wall_h"] == 600 / 3600
+    text = "\n".join(equal_time_section(group_runs(find_runs(tmp_path))))
+    assert "| gal_tied | 2 | 1,002 | 0.17 | 105.00 | 140.00 |" in text
+
+
+def test_runs_from_two_machines_are_not_set_side_by_side(tmp_path: Path) -> None:
+    _timed(tmp_path, "z1", "zaremba", 1, [(100, 150)])
+    _timed(tmp_path, "g1", "gal", 1, [(200, 140)], cpu="AMD EPYC 7B13")
+    [(machine, rows)] = equal_time_rows(group_runs(find_runs(tmp_path))).values()
+    assert rows == [] and machine.startswith("not shown: the runs come from 2 machines")
+
+
+def test_runs_that_do_not_record_their_machine_are_not_compared(tmp_path: Path) -> None:
+    fake_run(tmp_path, "z1", variant="zaremba", seed=1, val=120.0, test=110.0)
+    fake_run(tmp_path, "g1", variant="gal", seed=1, val=110.0, test=100.0)
+    [(machine, rows)] = equal_time_rows(group_runs(find_runs(tmp_path))).values()
+    assert rows == [] and machine == "not shown: a run does not record its machine and threads"
