@@ -589,3 +589,29 @@ def test_trials_of_a_comparison_on_a_database_are_not_rows(tmp_path: Path) -> No
     assert len(find_runs(root)) == 2
     (root / "tune" / "cmp" / "tune.json").write_text("{}")
     assert [run.path.name for run in find_runs(root)] == ["plain"]
+
+
+def test_a_two_pass_objective_is_its_own_row_named_after_it(tmp_path: Path) -> None:
+    """``variant=zaremba objective=fd`` is never averaged with plain zaremba."""
+    plain = {"trainer": {"epochs": 3, "max_steps": None}}
+    fraternal = {**plain, "objective": {"name": "fd", "kappa": 0.15}}
+    for seed in (1, 2):
+        fake_run(
+            tmp_path, f"z{seed}", variant="zaremba", seed=seed, val=120.0, test=110.0, config=plain
+        )
+        fake_run(
+            tmp_path,
+            f"f{seed}",
+            variant="zaremba",
+            seed=seed,
+            val=115.0,
+            test=105.0,
+            config=fraternal,
+        )
+    from rnnreg.reporting.data import find_runs, group_runs, summarise
+
+    rows = {
+        row["variant"]: row for row in (summarise(g, []) for g in group_runs(find_runs(tmp_path)))
+    }
+    assert set(rows) == {"zaremba", "zaremba+fd"}
+    assert rows["zaremba+fd"]["test_mean"] == 105.0 and rows["zaremba"]["test_mean"] == 110.0

@@ -123,10 +123,14 @@ class Run:
 
     @property
     def variant_label(self) -> str:
-        """The variant as the papers name it (``+finetune`` for AWD's second stage)."""
+        """The variant as the papers name it (``+finetune`` for AWD's second stage), with
+        its two-pass objective (``zaremba+fd``)."""
         name = str(self.summary.get("variant"))
         if name == "gal":
             name = "gal_tied"
+        objective = (self.config.get("objective") or {}).get("name", "none")
+        if objective != "none":
+            name += f"+{objective}"
         if self.summary.get("stage") == "finetune":
             name += "+finetune"
         return name
