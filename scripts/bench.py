@@ -57,6 +57,7 @@ class Case:
     compile_mode: str
     precision: str
     block: int | None = None  # model.compile_block (None: the default, trainer.bptt)
+    objective: str = "none"  # objective=fd|eld|pi: the two-pass step
     trainer: Trainer | None = None
     rates: list[float] = field(default_factory=list)
     peak_mb: float = 0.0
@@ -68,7 +69,13 @@ class Case:
     @property
     def label(self) -> str:
         block = "" if self.block is None else f"/block{self.block}"
-        return f"{self.variant}/{self.path}/{self.compile_mode}/{self.precision}{block}"
+        objective = "" if self.objective == "none" else f"/{self.objective}"
+        return f"{self.variant}/{self.path}/{self.compile_mode}/{self.precision}{block}{objective}"
+
+    @property
+    def name(self) -> str:
+        """The variant, with its objective: ``zaremba+fd``."""
+        return self.variant if self.objective == "none" else f"{self.variant}+{self.objective}"
 
 
 def corpus(rows: int, batch: int) -> Corpus:
@@ -91,6 +98,8 @@ def overrides_for(case: Case, args: argparse.Namespace) -> list[str]:
         extra.append(f"trainer.precision={case.precision}")
     if case.block is not None:
         extra.append(f"model.compile_block={case.block}")
+    if case.objective != "none":
+        extra.append(f"objective={case.objective}")
     return extra + list(args.override)
 
 
@@ -209,6 +218,8 @@ def op_cells(case: Case) -> str:
     assert case.trainer is not None
     graphs = case.trainer.model.compilations
     per_graph = f"{case.kernels / graphs:.1f} ({graphs})" if graphs else "–"
+    if graphs and not case.kernels:  # compiled by an earlier case of the same configuration
+        per_graph = f"shared ({graphs})"
     compute = f"{ops.per_step(ops.compute):.0f}"
     if ops.compiled_calls:
         compute += f" + {ops.per_step(ops.compiled_calls):.0f} graphs"
@@ -223,7 +234,10 @@ def table(model: str, cases: list[Case], args: argparse.Namespace) -> str:
     bases = {
         case.precision: statistics.median(case.rates)
         for case in cases
-        if case.variant == "none" and case.path in ("auto", "fused") and case.rates
+        if case.variant == "none"
+        and case.path in ("auto", "fused")
+        and case.rates
+        and case.objective == "none"
     }
     device = next((c.trainer.device for c in cases if c.trainer is not None), None)
     where = "unknown" if device is None else device.type
@@ -244,7 +258,7 @@ def table(model: str, cases: list[Case], args: argparse.Namespace) -> str:
     for case in cases:
         if not case.rates:
             lines.append(
-                f"| {case.variant} | {case.path} | {case.compile_mode} | {case.precision} | "
+                f"| {case.name} | {case.path} | {case.compile_mode} | {case.precision} | "
                 f"– | – | – | {case.error} | – | – | – |"
             )
             continue
@@ -259,7 +273,7 @@ def table(model: str, cases: list[Case], args: argparse.Namespace) -> str:
         if case.block is not None:
             path += f" (block {case.block})"
         lines.append(
-            f"| {case.variant} | {path} | {case.compile_mode} | {case.precision} | "
+            f"| {case.name} | {path} | {case.compile_mode} | {case.precision} | "
             f"{median:.0f} | {ratio} | {case.peak_mb:.0f} | {spread} | {op_cells(case)} |"
         )
     return "\n".join(lines)
@@ -267,6 +281,7 @@ def table(model: str, cases: list[Case], args: argparse.Namespace) -> str:
 
 def cases_for(model: str, args: argparse.Namespace) -> list[Case]:
     variants = args.variants or group_options("variant")
+    args.variants_given = list(args.variants or [])
     if "none" not in variants:
         variants = ["none", *variants]
     cases = []
@@ -280,7 +295,12 @@ def cases_for(model: str, args: argparse.Namespace) -> list[Case]:
             continue
         loop = path in ("loop", "generic") or not fused_variant(variant)
         for block in args.compile_blocks if loop else [None]:
-            cases.append(Case(model, variant, path, mode, precision, block))
+            for objective in args.objectives:
+                if objective != "none" and variant == "none" and "none" not in args.variants_given:
+                    continue  # the baseline stays one pass unless none was asked for
+                cases.append(
+                    Case(model, variant, path, mode, precision, block, objective=objective)
+                )
     return cases
 
 
@@ -298,6 +318,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["small", "medium"])
     parser.add_argument("--variants", nargs="+", default=None, help="default: every variant")
+    parser.add_argument(
+        "--objectives",
+        nargs="+",
+        default=["none"],
+        help="none, fd, eld, pi: each variant also with the two-pass step (objective=...)",
+    )
     parser.add_argument(
         "--paths",
         nargs="+",
