@@ -7,8 +7,7 @@ import torch
 
 from rnnreg.cli.verify import _compose, main
 from rnnreg.config.schema import group_options
-from rnnreg.model import recurrence
-from rnnreg.model.regularizers import layer_masks
+from rnnreg.model import recurrence, rule
 from rnnreg.verification.checks import all_checks
 from rnnreg.verification.runs import composition_check, resume_check
 
@@ -62,14 +61,14 @@ def test_a_wrong_sign_in_one_backward_term_fails_the_fast_path_check(monkeypatch
 
 
 def _planted_draw(monkeypatch, **forced) -> None:
-    right = layer_masks.draw_activation_mask
+    right = rule.draw_activation_mask
 
     def planted(shape, p, granularity, **kwargs):
         granularity = forced.get("granularity", granularity)
         kwargs["scale"] = forced.get("scale", kwargs.get("scale", True))
         return right(shape, p, granularity, **kwargs)
 
-    monkeypatch.setattr(layer_masks, "draw_activation_mask", planted)
+    monkeypatch.setattr(rule, "draw_activation_mask", planted)
 
 
 def test_a_mask_drawn_per_step_where_declared_per_sequence_fails(monkeypatch) -> None:

@@ -234,45 +234,7 @@ class BuiltinRule(Rule):
         return ("builtin", self.dropout, self.memory)
 
     def declared(self) -> tuple[DeclaredMask, ...]:
-        d = self.dropout
-        found = []
-        if d.untied and d.p_input > 0:
-            found.append(
-                DeclaredMask(
-                    "input",
-                    d.p_input,
-                    d.input_granularity,
-                    Units.input,
-                    per_gate=True,
-                    scaled=d.scale,
-                )
-            )
-        if d.p_hidden > 0:
-            found.append(
-                DeclaredMask(
-                    "hidden", d.p_hidden, d.hidden_granularity, per_gate=d.untied, scaled=d.scale
-                )
-            )
-        if d.p_update > 0:
-            found.append(
-                DeclaredMask("update", d.p_update, d.update_granularity, scaled=d.update_scale)
-            )
-        if d.p_memory > 0:
-            found.append(DeclaredMask("memory", d.p_memory, d.memory_granularity, scaled=d.scale))
-        for name in ("zoneout_cell", "zoneout_hidden"):
-            if getattr(d, name) > 0:
-                found.append(
-                    DeclaredMask(
-                        name, getattr(d, name), d.zoneout_granularity, scaled=False, keep=True
-                    )
-                )
-        if d.p_weight > 0:
-            found.append(
-                DeclaredMask(
-                    "weight_hh", d.p_weight, Granularity.batch, Units.weight_hh, scaled=True
-                )
-            )
-        return tuple(found)
+        return builtin_declared(self.dropout)
 
     def pre_input(self, x: torch.Tensor, z: Masks) -> torch.Tensor:
         z_x = z.get("input")
@@ -298,6 +260,42 @@ class BuiltinRule(Rule):
             self.memory,
         )
         return h_new, c_new
+
+
+def builtin_declared(d: InStepDropout) -> tuple[DeclaredMask, ...]:
+    """The built-in in-step masks of ``d`` as declarations, in drawing order: Gal's z_x
+    (untied) and z_h, Semeniuta's z_u, Moon's z_m, zoneout's z^c and z^h, weight-drop's M
+    (a ``batch`` z_h is a column mask on U, part of M: draw_layer_masks in
+    rnnreg/model/regularizers/layer_masks.py)."""
+    found = []
+    if d.untied and d.p_input > 0:
+        found.append(
+            DeclaredMask(
+                "input", d.p_input, d.input_granularity, Units.input, per_gate=True, scaled=d.scale
+            )
+        )
+    if d.p_hidden > 0:
+        found.append(
+            DeclaredMask(
+                "hidden", d.p_hidden, d.hidden_granularity, per_gate=d.untied, scaled=d.scale
+            )
+        )
+    if d.p_update > 0:
+        found.append(
+            DeclaredMask("update", d.p_update, d.update_granularity, scaled=d.update_scale)
+        )
+    if d.p_memory > 0:
+        found.append(DeclaredMask("memory", d.p_memory, d.memory_granularity, scaled=d.scale))
+    for name in ("zoneout_cell", "zoneout_hidden"):
+        if getattr(d, name) > 0:
+            found.append(
+                DeclaredMask(name, getattr(d, name), d.zoneout_granularity, scaled=False, keep=True)
+            )
+    if d.p_weight > 0:
+        found.append(
+            DeclaredMask("weight_hh", d.p_weight, Granularity.batch, Units.weight_hh, scaled=True)
+        )
+    return tuple(found)
 
 
 def draw_declared(

@@ -20,14 +20,10 @@ from dataclasses import dataclass
 
 import torch
 
-from rnnreg.config.dropout import Granularity, InStepDropout
+from rnnreg.config.dropout import InStepDropout
 from rnnreg.model.recurrence import InStepMasks
-from rnnreg.model.regularizers.masks import (
-    MCDropout,
-    draw_activation_mask,
-    draw_mask,
-    held_or_drawn,
-)
+from rnnreg.model.regularizers.masks import MCDropout, draw_mask, held_or_drawn
+from rnnreg.model.rule import Units, builtin_declared, draw_declared
 
 
 @dataclass
@@ -65,68 +61,29 @@ def draw_layer_masks(
     device: torch.device,
     dtype: torch.dtype,
 ) -> StepMasks:
-    """Fresh masks for one forward pass over (steps, batch), or their expectations."""
+    """Fresh masks for one forward pass over (steps, batch), or their expectations.
+
+    The in-step masks are the built-in declarations (:func:`~rnnreg.model.rule.builtin_declared`)
+    drawn by :func:`~rnnreg.model.rule.draw_declared`, as a plug-in's are; the weight mask
+    M (weight-drop times the columns of a ``batch`` z_h) is drawn here."""
     stochastic = training or mc is not None
-    replicas = 1 if mc is None else mc.replicas
     held = None if mc is None else mc.held
-
-    def inverted(
-        name: str, p: float, granularity: Granularity, scale: bool, units: int, untied: bool
-    ) -> torch.Tensor | None:
-        if p == 0.0:
-            return None
-        if not stochastic:  # E[z] = 1 when scaled, 1 - p when not
-            return None if scale else torch.full((1, 1, units), 1.0 - p, device=device, dtype=dtype)
-        return held_or_drawn(
-            held,
-            name,
-            granularity,
-            lambda: draw_activation_mask(
-                (steps, batch, units),
-                p,
-                granularity,
-                gates=4 if untied else None,
-                replicas=replicas,
-                scale=scale,
-                device=device,
-                dtype=dtype,
-            ),
-        )
-
-    def keep(name: str, p: float) -> torch.Tensor | None:
-        """Zoneout's z = 1 (keep the old value) w.p. p: "dropped" with probability 1 - p."""
-        if p == 0.0:
-            return None
-        if not stochastic:  # E[z] = p
-            return torch.full((1, 1, hidden_size), p, device=device, dtype=dtype)
-        return held_or_drawn(
-            held,
-            name,
-            d.zoneout_granularity,
-            lambda: draw_activation_mask(
-                (steps, batch, hidden_size),
-                1.0 - p,
-                d.zoneout_granularity,
-                replicas=replicas,
-                scale=False,
-                device=device,
-                dtype=dtype,
-            ),
-        )
-
+    in_step = tuple(
+        mask
+        for mask in builtin_declared(d)
+        if mask.units is not Units.weight_hh and not (mask.name == "hidden" and d.hidden_on_weight)
+    )
+    sizes = {Units.input: input_size, Units.hidden: hidden_size}
+    z = draw_declared(
+        in_step, sizes, steps, batch, training=training, mc=mc, device=device, dtype=dtype
+    )
     masks = StepMasks(
-        input=inverted("input", d.p_input, d.input_granularity, d.scale, input_size, True)
-        if d.untied
-        else None,
-        hidden=None
-        if d.hidden_on_weight
-        else inverted("hidden", d.p_hidden, d.hidden_granularity, d.scale, hidden_size, d.untied),
-        update=inverted(
-            "update", d.p_update, d.update_granularity, d.update_scale, hidden_size, False
-        ),
-        memory=inverted("memory", d.p_memory, d.memory_granularity, d.scale, hidden_size, False),
-        zoneout_cell=keep("zoneout_cell", d.zoneout_cell),
-        zoneout_hidden=keep("zoneout_hidden", d.zoneout_hidden),
+        input=z.get("input"),
+        hidden=z.get("hidden"),
+        update=z.get("update"),
+        memory=z.get("memory"),
+        zoneout_cell=z.get("zoneout_cell"),
+        zoneout_hidden=z.get("zoneout_hidden"),
     )
     if stochastic:
         masks.weight_hh = held_or_drawn(
