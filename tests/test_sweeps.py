@@ -95,7 +95,8 @@ def test_a_rate_sweep_over_two_seeds_is_two_report_rows(
     result = subprocess.run(launch, cwd=tmp_path, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
     assert len(list(sweep.glob("*/summary.json"))) == 4
-    rows = [line for line in build_report(sweep).read_text().splitlines() if "| zaremba (" in line]
+    table = build_report(sweep).read_text().split("\n## ")[0]  # the table, not the sections
+    rows = [line for line in table.splitlines() if "| zaremba (" in line]
     assert len(rows) == 2  # labelled by all they change from the preset: TINY and the rate
     for rate, row in zip(("0.2", "0.6"), sorted(rows), strict=True):
         assert f"variant.p_input={rate}) | 15 steps | standard | fp32 | 2 (1 2) |" in row
