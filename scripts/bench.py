@@ -59,6 +59,7 @@ class Case:
     block: int | None = None  # model.compile_block (None: the default, trainer.bptt)
     objective: str = "none"  # objective=fd|eld|pi: the two-pass step
     trainer: Trainer | None = None
+    windows: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
     rates: list[float] = field(default_factory=list)
     peak_mb: float = 0.0
     error: str = ""
@@ -112,6 +113,8 @@ def build(case: Case, args: argparse.Namespace, folder: Path) -> None:
     trainer.model.train()
     trainer.state = trainer.model.init_state(batch)
     case.trainer = trainer
+    data = trainer.train_data  # the windows cut once: the step, not the slicing, is timed
+    case.windows = list(zip(data[:-1].split(bptt), data[1:].split(bptt), strict=True))[:-1]
 
 
 def synchronize(device: torch.device) -> None:
@@ -150,16 +153,12 @@ def run_steps(case: Case, steps: int, position: list[int]) -> float:
     trainer = case.trainer
     assert trainer is not None
     apply_precision(trainer.run.trainer.precision.value)
-    bptt = trainer.run.trainer.bptt
-    data = trainer.train_data
     synchronize(trainer.device)
     started = time.perf_counter()
     for _ in range(steps):
-        start = position[0]
-        if start + bptt + 1 >= data.size(0):
-            start = 0
-        trainer._train_step(data[start : start + bptt], data[start + 1 : start + 1 + bptt])
-        position[0] = start + bptt
+        index = position[0] % len(case.windows)
+        trainer._train_step(*case.windows[index])
+        position[0] = index + 1
     synchronize(trainer.device)
     return time.perf_counter() - started
 

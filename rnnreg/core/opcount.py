@@ -26,7 +26,8 @@ METADATA = frozenset(
     "aten::" + name
     for name in (
         "detach detach_ view reshape _reshape_alias t transpose slice select unsqueeze squeeze "
-        "expand expand_as as_strided alias permute empty empty_like empty_strided unbind split "
+        "expand expand_as as_strided alias permute empty empty_like empty_strided new_empty "
+        "new_empty_strided unbind split "
         "chunk narrow _unsafe_view lift_fresh resolve_conj resolve_neg numpy_T view_as "
         "set_ is_nonzero result_type promote_types"
     ).split()

@@ -68,3 +68,15 @@ def set_rng_state(state: dict[str, Any], device: torch.device) -> bool:
         if len(saved_cuda) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all([s.cpu() for s in saved_cuda])
     return same
+
+
+_CONSTANTS: dict[tuple[float, torch.dtype, torch.device], torch.Tensor] = {}
+
+
+def constant(value: float, like: torch.Tensor) -> torch.Tensor:
+    """A 0-dim ``value`` of ``like``'s dtype and device, made once per process: a constant
+    operand that costs a step no operator (a backward seed, a clip's offset)."""
+    key = (value, like.dtype, like.device)
+    if key not in _CONSTANTS:
+        _CONSTANTS[key] = torch.full((), value, dtype=like.dtype, device=like.device)
+    return _CONSTANTS[key]

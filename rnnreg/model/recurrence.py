@@ -102,12 +102,13 @@ def piece(tensor: torch.Tensor, start: int, stop: int) -> torch.Tensor:
     part = tensor.detach()
     if not (start == 0 and stop == tensor.size(0)):
         part = part[start:stop].clone()
-    return block_input(part, time_major=True)
+    return shape_hints(part, time_major=True)
 
 
 def _state(h: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(h, c) or their gradients, (B, H) each, as a compiled block's inputs."""
-    return block_input(h, time_major=False), block_input(c, time_major=False)
+    """(h, c) or their gradients, (B, H) each and without a graph (the forward detaches
+    h0 and c0; a backward's gradients have none), as a compiled block's inputs."""
+    return shape_hints(h, time_major=False), shape_hints(c, time_major=False)
 
 
 def whole(tensor: torch.Tensor) -> torch.Tensor:
@@ -397,6 +398,19 @@ class _Autocast(NamedTuple):
         return torch.autocast(self.device_type, dtype=self.dtype, enabled=on)
 
 
+_ZEROS: dict[tuple[torch.Size, torch.dtype, torch.device], torch.Tensor] = {}
+
+
+def _zeros(like: torch.Tensor) -> torch.Tensor:
+    """Zeros shaped as ``like``, made once per shape and read only: the gradient of a
+    final state that the loss does not use (the trainer detaches it), without an operator
+    per step."""
+    key = (like.shape, like.dtype, like.device)
+    if key not in _ZEROS:
+        _ZEROS[key] = torch.zeros_like(like, memory_format=torch.contiguous_format)
+    return _ZEROS[key]
+
+
 class _RecurrenceFunction(torch.autograd.Function):
     @staticmethod
     def forward(  # type: ignore[override]
@@ -428,6 +442,7 @@ class _RecurrenceFunction(torch.autograd.Function):
         ctx.mask_count = len(flat_masks)
         ctx.autocast = _Autocast.current(gx)
         ctx.save_for_backward(h0, outputs, weight_hh, *flat_masks, *saved)
+        ctx.set_materialize_grads(False)  # an unused final state's gradient: _zeros, kept
         return outputs, h.clone(), c
 
     @staticmethod
@@ -437,7 +452,9 @@ class _RecurrenceFunction(torch.autograd.Function):
         h0, outputs, weight_hh, *rest = ctx.saved_tensors
         masks = InStepMasks(*rest[: ctx.mask_count])
         saved = rest[ctx.mask_count :]
-        d_outputs = d_outputs.contiguous()
+        d_outputs = (_zeros(outputs) if d_outputs is None else d_outputs).contiguous()
+        d_h = _zeros(h0) if d_h is None else d_h
+        d_c = _zeros(h0) if d_c is None else d_c
         deltas: list[torch.Tensor] = []
         dh, dc = d_h, d_c
         with ctx.autocast():  # the step's products at the forward's precision
@@ -594,7 +611,7 @@ class Recurrence:
         memory: MemoryForm,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """:func:`recurrence` without a graph (evaluation), block by block when compiled."""
-        pieces = []
+        pieces, h, c = [], h.detach(), c.detach()
         for first, stop in self.spans(gx.size(0)):
             out, h, c = self._run(
                 "infer",

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from rnnreg.config.schema import ObjectiveConfig, VariantConfig
+from rnnreg.core.runtime import constant
 from rnnreg.model.lm import Activations, LanguageModel, State
 from rnnreg.model.regularizers.activations import activation_regularization
 from rnnreg.training.objective import cross_entropy, objective_terms
@@ -24,10 +25,35 @@ from rnnreg.training.objective import cross_entropy, objective_terms
 
 @dataclass
 class WindowLoss:
-    loss: torch.Tensor  # what is backpropagated
+    """The window's loss as its terms: loss = scale · total + AR + TAR.
+
+    :meth:`backward` seeds autograd with ``scale`` instead of multiplying by it, so the
+    step has no forward product, no ``ones_like`` seed and no product in the backward, with
+    the same gradients to the bit: the product's backward multiplied 1 by ``scale``.
+    """
+
+    total: torch.Tensor  # token-mean NLL, or a two-pass objective's data + penalty
+    scale: float  # L under the papers' convention, else 1
     nll: torch.Tensor  # token-mean NLL of the window
-    penalties: torch.Tensor | None  # (AR, TAR), detached; None without them
+    regularizers: tuple[torch.Tensor, ...]  # (AR, TAR), attached; () without them
     state: State  # the state after the window (still attached to the graph)
+
+    @property
+    def loss(self) -> torch.Tensor:
+        """The loss as one tensor (for checks; the step calls :meth:`backward`)."""
+        loss = self.total * self.scale if self.scale != 1.0 else self.total
+        return sum(self.regularizers, loss)
+
+    @property
+    def penalties(self) -> torch.Tensor | None:
+        """(AR, TAR), detached; None without them."""
+        return torch.stack(self.regularizers).detach() if self.regularizers else None
+
+    def backward(self) -> None:
+        """∇ loss into the parameters' ``.grad``, seeding ``total`` with ``scale``."""
+        attached = [r for r in self.regularizers if r.requires_grad]
+        seeds = [constant(self.scale, self.total)] + [constant(1.0, r) for r in attached]
+        torch.autograd.backward([self.total, *attached], seeds)
 
 
 def window_loss(
@@ -48,13 +74,11 @@ def window_loss(
     if objective is not None and objective.two_pass:
         terms = objective_terms(model, inputs, targets, state, objective, logits, nll)
         total = terms.data + terms.penalty
-    loss = total * inputs.size(0) if sum_over_time else total
-    penalties = None
+    scale = float(inputs.size(0)) if sum_over_time else 1.0
+    regularizers: tuple[torch.Tensor, ...] = ()
     if activations is not None:
         assert activations.last is not None and activations.last_dropped is not None
-        ar, tar = activation_regularization(
+        regularizers = activation_regularization(
             activations.last, activations.last_dropped, variant.ar_alpha, variant.tar_beta
         )
-        loss = loss + ar + tar
-        penalties = torch.stack([ar, tar]).detach()
-    return WindowLoss(loss, nll, penalties, new_state)
+    return WindowLoss(total, scale, nll, regularizers, new_state)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from typing import Any
 
 import torch
 
 from rnnreg.config.schema import OptimConfig, Schedule
+from rnnreg.core.runtime import constant
 
 
 class StepDecay:
@@ -64,10 +66,32 @@ class EpochSchedule:
         self.inner.load_state_dict(state)
 
 
-class FiniteSGD(torch.optim.SGD):
-    """Plain SGD whose step is skipped, on the device, when it is not finite:
+def gradient_norm(parameters: Iterable[torch.nn.Parameter]) -> torch.Tensor:
+    """‖g‖₂ = ‖(‖g_1‖₂, …, ‖g_n‖₂)‖₂ over the parameters' gradients: the total of
+    ``torch.nn.utils.clip_grad_norm_``, with its operators (one ``_foreach_norm``, a stack
+    and a norm) and none of its per-parameter ``to`` calls."""
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
 
-        p ← p − s η (g + λ p)   if ``finite``,   else p
+
+def clip_divisor(grad_norm: torch.Tensor, max_norm: float) -> torch.Tensor | None:
+    """d = max(1, (‖g‖ + 10⁻⁶) / c), so that g / d is ``clip_grad_norm_``'s
+    g · min(1, c / (‖g‖ + 10⁻⁶)) within a float rounding; None when c = ∞ (no clip).
+    Fused SGD divides by it as it reads the gradient (its ``grad_scale``), so the clip
+    costs no pass over the gradients."""
+    if math.isinf(max_norm):
+        return None
+    offset = constant(1e-6 / max_norm, grad_norm)  # d = 10⁻⁶/c + ‖g‖/c: two operators
+    return torch.add(offset, grad_norm, alpha=1.0 / max_norm).clamp_min_(1.0)
+
+
+class FiniteSGD(torch.optim.SGD):
+    """Plain SGD with the clip's divisor d, whose step is skipped, on the device, when it
+    is not finite:
+
+        p ← p − s η (g / d + λ p)   if ``finite``,   else p
 
     with s the step's scale of the learning rate (AWD-LSTM's variable BPTT scales it by
     L / bptt) and λ the weight decay. ``finite`` is a 0-dim bool tensor computed on the
@@ -75,7 +99,10 @@ class FiniteSGD(torch.optim.SGD):
     fused operator for every parameter, whatever their number, which skips the step
     itself when its ``found_inf`` (the attribute ``GradScaler`` sets) holds 1.0. Nothing
     is read back to the host, so the trainer never waits for the GPU, and a step with a
-    non-finite loss or gradient leaves every weight as it was.
+    non-finite loss or gradient leaves every weight as it was. The divisor d is its
+    ``grad_scale`` (the other attribute ``GradScaler`` sets; :func:`clip_divisor`).
+    The learning rate stays a Python float: a tensor one costs the CPU fused path an
+    ``aten::item`` per step (docs/performance.md).
 
     Its state_dict is SGD's; one written before (only ``lr`` and ``weight_decay`` in its
     groups) loads with SGD's other settings filled in.
@@ -94,12 +121,15 @@ class FiniteSGD(torch.optim.SGD):
         lr_scale: float = 1.0,
         finite: torch.Tensor | None = None,
         found_inf: torch.Tensor | None = None,
+        grad_divisor: torch.Tensor | None = None,
     ) -> None:
-        """The update, scaled by ``lr_scale``; skipped when ``finite`` (bool) is False or
+        """The update, scaled by ``lr_scale``, with the gradients divided by
+        ``grad_divisor`` (None: 1); skipped when ``finite`` (bool) is False or
         ``found_inf`` (float, its complement, what the trainer passes) is 1.0."""
         if found_inf is None and finite is not None:
             found_inf = torch.logical_not(finite).float()
         self.found_inf = found_inf
+        self.grad_scale = grad_divisor
         if lr_scale != 1.0:
             for group in self.param_groups:
                 group["lr"] *= lr_scale

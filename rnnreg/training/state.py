@@ -94,36 +94,62 @@ class TrainingProgress:
         return math.exp(min(self.epoch_nll / max(self.epoch_tokens, 1), 700.0))
 
 
+#: The largest NLL counted finite: exp(NLL), the perplexity, must fit in float64
+#: (exp(709.78...) is its largest). Exact in float32, the NLL's dtype under every
+#: precision, so the step's test on the device (rnnreg/training/step.py) and
+#: :meth:`StepTotals.read` on the host agree on every value.
+NLL_LIMIT = 709.75
+
+
+def finite_step(nll: float, grad_norm: float) -> bool:
+    """Whether a step was finite: NLL ≤ :data:`NLL_LIMIT` and a finite gradient norm."""
+    return nll <= NLL_LIMIT and math.isfinite(grad_norm)
+
+
 class StepTotals:
-    """What the steps since the last read add up to, kept on the device so that a step
-    never waits for it: the summed NLL and gradient norm, (2,) in float64, and the first
-    step whose loss or gradient was not finite (inf: none), in four operators per step.
-    :meth:`read` synchronises once."""
+    """What the steps since the last read add up to, without an operator per step: each
+    step's NLL and gradient norm stay on the device as they are (0-dim tensors, kept by
+    reference), and :meth:`read` stacks them and reads them once. Summed in float64 on the
+    host, with the first step that was not finite (:func:`finite_step`). Every
+    :data:`HELD` steps without a read they are read early (one synchronisation), so a long
+    log interval holds a bounded number of them."""
+
+    HELD = 4096
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
         self.reset()
 
     def reset(self) -> None:
-        self.sums = torch.zeros(2, dtype=torch.float64, device=self.device)
-        self.first_bad = torch.full((), math.inf, dtype=torch.float64, device=self.device)
+        self.held: list[torch.Tensor] = []  # NLL, gradient norm, NLL, ...
+        self.step_tokens: list[tuple[int, int]] = []  # (step, tokens) of each held step
+        self.nll_sum, self.grad_norm_sum = 0.0, 0.0
+        self.first_bad: int | None = None
         self.steps, self.tokens = 0, 0
 
-    def add(
-        self,
-        nll_sum: torch.Tensor,
-        grad_norm: torch.Tensor,
-        found_inf: torch.Tensor,
-        step: int,
-        tokens: int,
-    ) -> None:
-        """One step's summed NLL and gradient norm, and ``found_inf`` (float 1.0 when it
-        was not finite, else 0.0): first_bad = min(first_bad, step / found_inf), where
-        step / 0 = inf."""
-        self.sums += torch.stack((nll_sum.detach(), grad_norm.detach())).double()
-        torch.minimum(self.first_bad, step / found_inf, out=self.first_bad)
+    def add(self, nll: torch.Tensor, grad_norm: torch.Tensor, step: int, tokens: int) -> None:
+        """Step ``step``'s token-mean NLL over ``tokens`` tokens and its gradient norm,
+        both without a graph."""
+        self.held += (nll, grad_norm)
+        self.step_tokens.append((step, tokens))
         self.steps += 1
         self.tokens += tokens
+        if len(self.step_tokens) >= self.HELD:
+            self._fold()
+
+    def _fold(self) -> None:
+        """Read the held values (one synchronisation) into the sums."""
+        if not self.held:
+            return
+        values = torch.stack(self.held).double().tolist()
+        for (step, tokens), nll, norm in zip(
+            self.step_tokens, values[::2], values[1::2], strict=True
+        ):
+            self.nll_sum += nll * tokens
+            self.grad_norm_sum += norm
+            if self.first_bad is None and not finite_step(nll, norm):
+                self.first_bad = step
+        self.held, self.step_tokens = [], []
 
     def read_into(self, progress: TrainingProgress, meter: Any, seconds: float) -> int | None:
         """Read the sums (one synchronisation) into ``progress`` and the interval's
@@ -139,7 +165,7 @@ class StepTotals:
     def read(self) -> tuple[float, float, int | None, int, int]:
         """(NLL sum, gradient-norm sum, first non-finite step or None, steps, tokens), and
         start over."""
-        nll, grad_norm, bad = torch.cat((self.sums, self.first_bad.view(1))).tolist()
-        steps, tokens = self.steps, self.tokens
+        self._fold()
+        out = (self.nll_sum, self.grad_norm_sum, self.first_bad, self.steps, self.tokens)
         self.reset()
-        return nll, grad_norm, None if math.isinf(bad) else int(bad), steps, tokens
+        return out

@@ -73,7 +73,10 @@ def draw_mask(
     check_rate(p)
     device = torch.device(device) if device is not None else torch.device("cpu")
     sample = keep_from_bits if device.type == "cpu" else keep_from_uniform
-    mask = sample(tuple(shape), p, device, generator).to(dtype)
+    keep = sample(tuple(shape), p, device, generator)
+    if scale and dtype == torch.get_default_dtype():
+        return keep * (1.0 / (1.0 - p))  # bool × float: the cast and the scale in one operator
+    mask = keep.to(dtype)
     return mask.mul_(1.0 / (1.0 - p)) if scale else mask
 
 
