@@ -58,7 +58,7 @@ format: $(STAMP) ## ruff format + autofix
 # The numerical tests again with two threads: other kernels' blocking rounds differently,
 # so an exact comparison that only holds on one machine's kernels fails here, not for a user.
 NUMERIC_TESTS := tests/test_lstm.py tests/test_recurrence.py tests/test_model.py \
-	tests/test_mc.py tests/test_variants.py tests/test_masks.py
+	tests/test_mc.py tests/test_gru.py tests/test_step.py tests/test_variants.py tests/test_masks.py
 
 test: $(STAMP) postgres-server ## set up, then ruff, the whole suite (1 thread) and the numerical tests with 2
 	$(VENV)/bin/ruff check rnnreg tests scripts examples

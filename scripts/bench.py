@@ -58,6 +58,7 @@ class Case:
     precision: str
     block: int | None = None  # model.compile_block (None: the default, trainer.bptt)
     objective: str = "none"  # objective=fd|eld|pi: the two-pass step
+    cell: str = "lstm"  # model.cell: lstm or gru (nn.GRU's none is the gru rows' baseline)
     trainer: Trainer | None = None
     windows: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
     rates: list[float] = field(default_factory=list)
@@ -71,12 +72,20 @@ class Case:
     def label(self) -> str:
         block = "" if self.block is None else f"/block{self.block}"
         objective = "" if self.objective == "none" else f"/{self.objective}"
-        return f"{self.variant}/{self.path}/{self.compile_mode}/{self.precision}{block}{objective}"
+        cell = "" if self.cell == "lstm" else f"/{self.cell}"
+        return (
+            f"{self.variant}/{self.path}/{self.compile_mode}/{self.precision}{block}{objective}"
+            f"{cell}"
+        )
 
     @property
     def name(self) -> str:
-        """The variant, with its objective: ``zaremba+fd``."""
-        return self.variant if self.objective == "none" else f"{self.variant}+{self.objective}"
+        """The variant, with its objective and cell: ``zaremba+fd``, ``gru:gal``; a GRU's
+        zoneout runs on h only (``variant.zoneout_cell=0``: it has no cell)."""
+        name = self.variant if self.objective == "none" else f"{self.variant}+{self.objective}"
+        if self.cell == "lstm":
+            return name
+        return f"gru:{name}" + (" (zoneout_cell=0)" if self.variant == "zoneout" else "")
 
 
 def corpus(rows: int, batch: int) -> Corpus:
@@ -101,6 +110,10 @@ def overrides_for(case: Case, args: argparse.Namespace) -> list[str]:
         extra.append(f"model.compile_block={case.block}")
     if case.objective != "none":
         extra.append(f"objective={case.objective}")
+    if case.cell != "lstm":
+        extra.append(f"model.cell={case.cell}")
+        if case.variant == "zoneout":
+            extra.append("variant.zoneout_cell=0")  # a GRU has no cell (rnnreg/model/gru.py)
     return extra + list(args.override)
 
 
@@ -231,7 +244,7 @@ def op_cells(case: Case) -> str:
 def table(model: str, cases: list[Case], args: argparse.Namespace) -> str:
     batch, bptt = SHAPES.get(model, (20, 35))
     bases = {
-        case.precision: statistics.median(case.rates)
+        (case.precision, case.cell): statistics.median(case.rates)
         for case in cases
         if case.variant == "none"
         and case.path in ("auto", "fused")
@@ -266,7 +279,7 @@ def table(model: str, cases: list[Case], args: argparse.Namespace) -> str:
         # what actually ran: a loop that fell back to eager says so (rnnreg/model/recurrence.py)
         path = model_.lstm_path + (f"-{model_.loop_mode}" if model_.loop_mode else "")
         median = statistics.median(case.rates)
-        base = bases.get(case.precision)
+        base = bases.get((case.precision, case.cell))
         ratio = f"{median / base:.2f}" if base else "–"
         spread = f"{min(case.rates):.0f}-{max(case.rates):.0f}"
         if case.block is not None:
@@ -285,9 +298,11 @@ def cases_for(model: str, args: argparse.Namespace) -> list[Case]:
         variants = ["none", *variants]
     cases = []
     # the first mode and precision for every variant first: a --time-budget cuts the rest
-    for mode, precision, path, variant in itertools.product(
-        args.compile_modes, args.precisions, args.paths, variants
+    for cell, mode, precision, path, variant in itertools.product(
+        args.cells, args.compile_modes, args.precisions, args.paths, variants
     ):
+        if cell == "gru" and variant == "moon":
+            continue  # refused: it masks the LSTM's memory cell (rnnreg/model/gru.py)
         if mode != args.compile_modes[0] and path == "auto" and fused_variant(variant):
             continue  # the fused path compiles nothing: one row per precision
         if path == "fused" and not fused_variant(variant):
@@ -298,7 +313,9 @@ def cases_for(model: str, args: argparse.Namespace) -> list[Case]:
                 if objective != "none" and variant == "none" and "none" not in args.variants_given:
                     continue  # the baseline stays one pass unless none was asked for
                 cases.append(
-                    Case(model, variant, path, mode, precision, block, objective=objective)
+                    Case(
+                        model, variant, path, mode, precision, block, objective=objective, cell=cell
+                    )
                 )
     return cases
 
@@ -328,6 +345,12 @@ def main() -> None:
         nargs="+",
         default=["auto"],
         help="auto (each variant's path), loop, fused, generic (autograd through the rule's hooks)",
+    )
+    parser.add_argument(
+        "--cells",
+        nargs="+",
+        default=["lstm"],
+        help="lstm, gru (model.cell): each cell's rows against its own fused none",
     )
     parser.add_argument("--compile-modes", nargs="+", default=["default"])
     parser.add_argument("--precisions", nargs="+", default=["fp32"])

@@ -615,3 +615,19 @@ def test_a_two_pass_objective_is_its_own_row_named_after_it(tmp_path: Path) -> N
     }
     assert set(rows) == {"zaremba", "zaremba+fd"}
     assert rows["zaremba+fd"]["test_mean"] == 105.0 and rows["zaremba"]["test_mean"] == 110.0
+
+
+def test_gru_runs_are_their_own_row_named_after_the_cell(tmp_path: Path) -> None:
+    """``variant=gal model.cell=gru`` is never averaged with the LSTM's gal."""
+    lstm = {"trainer": {"epochs": 3, "max_steps": None}}
+    gru = {**lstm, "model": {"cell": "gru"}}
+    for seed in (1, 2):
+        fake_run(tmp_path, f"l{seed}", variant="gal", seed=seed, val=99.0, test=95.0, config=lstm)
+        fake_run(tmp_path, f"g{seed}", variant="gal", seed=seed, val=120.0, test=115.0, config=gru)
+    from rnnreg.reporting.data import find_runs, group_runs, summarise
+
+    rows = {
+        row["variant"]: row for row in (summarise(g, []) for g in group_runs(find_runs(tmp_path)))
+    }
+    assert set(rows) == {"gal_tied", "gru:gal_tied"}
+    assert rows["gru:gal_tied"]["test_mean"] == 115.0 and rows["gal_tied"]["test_mean"] == 95.0

@@ -1,5 +1,6 @@
-"""``rnnreg verify variant=<name> [objective=fd|eld|pi] [overrides] [--no-resume]``: check a
-rule, and a two-pass objective with it (docs/extending.md).
+"""``rnnreg verify variant=<name> [objective=fd|eld|pi] [model.cell=gru] [overrides]
+[--no-resume]``: check a rule, and a two-pass objective with it, on LSTM or GRU layers
+(docs/extending.md).
 
 Prints one table (check, result, what was measured) and exits 1 when any check fails,
 2 on bad input. The variant is composed as ``rnnreg train`` composes it, so its overrides
@@ -60,8 +61,9 @@ def main(argv: list[str] | None = None) -> int:
         from rnnreg.verification.runs import composition_check, resume_check
 
         started = time.monotonic()
-        rows = [*all_checks(run.variant), composition_check(run.variant)]
-        rows += objective_checks(run.variant, run.objective)
+        cell = run.model.cell
+        rows = [*all_checks(run.variant, cell), composition_check(run.variant, cell=cell)]
+        rows += objective_checks(run.variant, run.objective, cell)
         if resume:
             rows.append(resume_check(overrides))
     except RnnregError as exc:

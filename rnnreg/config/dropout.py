@@ -44,6 +44,14 @@ class LSTMPath(str, Enum):
     generic = "generic"
 
 
+class Cell(str, Enum):
+    """The recurrent cell of every layer: ``lstm`` (``nn.LSTM``'s i, f, g, o) or ``gru``
+    (``nn.GRU``'s r, z, n; rnnreg/model/gru.py)."""
+
+    lstm = "lstm"
+    gru = "gru"
+
+
 class MemoryScale(str, Enum):
     """Where Moon's inverted-dropout scale 1/(1-p) acts (docs/variants.md, "Moon's scale").
 

@@ -22,6 +22,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from rnnreg import PROJECT_ROOT, RnnregError
 from rnnreg.config.dropout import (
+    Cell,
     GateMasks,
     Granularity,
     LayerDropout,
@@ -125,6 +126,9 @@ class ModelConfig:
     init_scheme: InitScheme = InitScheme.uniform
     init_range: float = 0.1
     tie_weights: bool = False
+    #: The recurrent cell: ``lstm``, or ``gru`` (nn.GRU's parameters and gates; Moon's
+    #: memory mask and zoneout_cell are refused, as a GRU has no memory cell).
+    cell: Cell = Cell.lstm
     #: How each LSTM layer runs: ``fused`` (nn.LSTM/cuDNN), ``loop`` (masks inside the
     #: step), or ``auto``: fused unless the variant masks inside the recurrence.
     lstm_impl: LSTMPath = LSTMPath.auto

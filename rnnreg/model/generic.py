@@ -81,8 +81,10 @@ class GenericRecurrence(Recurrence):
         c: torch.Tensor,
         weight_hh: torch.Tensor,
         masks: Mapping[str, torch.Tensor | None],
+        *cell_inputs: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Outputs (T, B, H), h_T, c_T; differentiable in gx, h, c and ``weight_hh``."""
+        """Outputs (T, B, H), h_T, c_T; differentiable in gx, h, c, ``weight_hh`` and
+        ``cell_inputs`` (parameters the cell's step takes after U: the GRU's b_hh)."""
         names = tuple(name for name, mask in masks.items() if mask is not None)
         tensors = [masks[name] for name in names]
         pieces = []
@@ -94,6 +96,7 @@ class GenericRecurrence(Recurrence):
                 shape_hints(h, time_major=False),
                 shape_hints(c, time_major=False),
                 weight_hh,
+                *cell_inputs,
                 self.rule,
                 names,
                 *(_steps_of(mask, first, stop) for mask in tensors),

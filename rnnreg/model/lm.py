@@ -1,9 +1,11 @@
-"""The language model wiring: embedding -> LSTM layers -> decoder, with the masks between.
+"""The language model wiring: embedding -> LSTM (or GRU) layers -> decoder, with the masks
+between.
 
     e_t       = (E ∘ z_embedding)[w_t]                   (p_embedding, word types, per
                                                           pass or per row and window)
     x^1_t     = e_t ∘ z_input                             (p_input)
-    h^l_t     = LSTM_l(x^l_t, h^l_{t-1}, c^l_{t-1})        (in-step masks: rnnreg.model.lstm)
+    h^l_t     = LSTM_l(x^l_t, h^l_{t-1}, c^l_{t-1})        (in-step masks: rnnreg.model.lstm;
+                                                          model.cell=gru: rnnreg.model.gru)
     x^{l+1}_t = h^l_t ∘ z_between                         (p_between)
     y_t       = D (h^L_t ∘ z_output) + b_D                (p_output)
 
@@ -20,6 +22,7 @@ import torch
 from torch import nn
 
 from rnnreg.config.schema import (
+    Cell,
     GateMasks,
     InitScheme,
     ModelConfig,
@@ -28,6 +31,8 @@ from rnnreg.config.schema import (
     plugin_settings,
 )
 from rnnreg.core.precision import autocast
+from rnnreg.model.gru import GRULayer
+from rnnreg.model.layer import RecurrentLayer
 from rnnreg.model.lstm import InStepDropout, LSTMLayer
 from rnnreg.model.regularizers import ActivationDropout
 from rnnreg.model.regularizers.embedding import embed_with_type_dropout
@@ -81,8 +86,10 @@ class LanguageModel(nn.Module):
         self.embedding = nn.Embedding(vocab_size, model.embedding_size)
         output_sizes = [model.hidden_size] * (model.num_layers - 1) + [model.output_size]
         input_sizes = [model.embedding_size, *output_sizes[:-1]]
+        layer_type: type[RecurrentLayer] = GRULayer if model.cell is Cell.gru else LSTMLayer
+        self.cell = model.cell
         self.layers = nn.ModuleList(
-            LSTMLayer(
+            layer_type(
                 n_in, n_out, in_step_dropout(variant, index), model.lstm_impl, plugin_rule(variant)
             )
             for index, (n_in, n_out) in enumerate(zip(input_sizes, output_sizes, strict=True))
@@ -139,15 +146,16 @@ class LanguageModel(nn.Module):
             self.decoder.weight.uniform_(-init_range, init_range)
             self.decoder.bias.zero_()
             for layer in self.layers:
-                layer.lstm.reset_parameters()  # U(-1/sqrt(H), 1/sqrt(H))
+                layer.rnn.reset_parameters()  # U(-1/sqrt(H), 1/sqrt(H))
 
     def init_state(self, batch_size: int) -> State:
-        """Zero (h, c) for every layer, each of shape (1, B, H)."""
+        """Zero (h, c) for every layer, each of shape (1, B, H); a GRU's c is empty,
+        (1, B, 0): it has no memory cell (rnnreg/model/gru.py)."""
         weight = self.decoder.weight
         return [
             (
                 weight.new_zeros(1, batch_size, layer.hidden_size),
-                weight.new_zeros(1, batch_size, layer.hidden_size),
+                weight.new_zeros(1, batch_size, 0 if layer.cell == "gru" else layer.hidden_size),
             )
             for layer in self.layers
         ]

@@ -11,9 +11,20 @@ A **cell** defines its step and its state and the points where a rule acts. The 
     h_t, c_t = post(gates, h_{t-1}, c_{t-1}, z_t)
 
 The default hooks are the plain LSTM (``post``: c_t = f ∘ c_{t-1} + i ∘ g,
-h_t = o ∘ tanh(c_t)). A rule overrides the hooks it needs with plain tensor code: the
-generic loop path (:mod:`rnnreg.model.generic`) differentiates it with autograd and
-compiles it with ``torch.compile`` in the same blocks as the hand-written path.
+h_t = o ∘ tanh(c_t)). The GRU cell (``nn.GRU``'s gate order r, z, n; rnnreg/model/gru.py)
+has three gates and no memory; the same ``pre_*`` hooks act on its three products, and
+``post_gru`` ends its step:
+
+    x'      = pre_input(x, z)                 (T, B, n), or (T, 3, B, n)
+    h'      = pre_hidden(h_{t-1}, z_t)        (B, H), or (3, B, H)
+    r, u    = σ(W_r x'_t + b_ir + U_r h'_r + b_hr),  σ(W_z x'_t + b_iz + U_z h'_z + b_hz)
+    n       = tanh(W_n x'_t + b_in + r ∘ (U_n h'_n + b_hn))
+    h_t     = post_gru((r, u, n), h_{t-1}, z_t)      default (1 - u) ∘ n + u ∘ h_{t-1}
+
+(u is ``nn.GRU``'s update gate z, renamed here so as not to be read as a mask.) A rule
+overrides the hooks it needs with plain tensor code: the generic loop path
+(:mod:`rnnreg.model.generic`) differentiates it with autograd and compiles it with
+``torch.compile`` in the same blocks as the hand-written path.
 
 A rule **declares its masks** (:class:`MaskSpec`): the settings key of the rate, the
 granularity, per gate or shared, whether kept units are scaled, and what evaluation uses.
@@ -32,7 +43,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from enum import Enum
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 
@@ -157,6 +168,15 @@ class DeclaredMask:
         return self.expectation
 
 
+class GRUGates(NamedTuple):
+    """The GRU's gate values at one step, each (B, H): reset r, update u (``nn.GRU``'s z)
+    and candidate n."""
+
+    r: torch.Tensor
+    u: torch.Tensor
+    n: torch.Tensor
+
+
 class Rule:
     """An in-step rule on a cell. Subclass it, set the class attributes, override hooks.
 
@@ -214,6 +234,10 @@ class Rule:
         c_new = torch.addcmul(gates.f * c, gates.i, gates.g)
         return gates.o * torch.tanh(c_new), c_new
 
+    def post_gru(self, gates: GRUGates, h: torch.Tensor, z: Masks) -> torch.Tensor:
+        """h_t from the GRU's gates and h_{t-1}: (1 - u) ∘ n + u ∘ h_{t-1}."""
+        return torch.lerp(gates.n, h, gates.u)
+
 
 class BuiltinRule(Rule):
     """The built-in in-step masks (:class:`InStepDropout`) through the plug-in hooks: Gal's
@@ -223,6 +247,7 @@ class BuiltinRule(Rule):
     :func:`~rnnreg.model.regularizers.layer_masks.draw_layer_masks` (today's order)."""
 
     name = "builtin"
+    cells = ("lstm", "gru")
 
     def __init__(self, dropout: InStepDropout, memory: MemoryForm) -> None:
         super().__init__(dropout)
@@ -260,6 +285,15 @@ class BuiltinRule(Rule):
             self.memory,
         )
         return h_new, c_new
+
+    def post_gru(self, gates: GRUGates, h: torch.Tensor, z: Masks) -> torch.Tensor:
+        """Semeniuta's d on the candidate and zoneout's m^h on the GRU:
+
+        h̃_t = (1 - u) ∘ (d ∘ n) + u ∘ h_{t-1},    h_t = m^h ∘ h_{t-1} + (1 - m^h) ∘ h̃_t
+        """
+        d, m = z.get("update"), z.get("zoneout_hidden")
+        h_new = torch.lerp(gates.n if d is None else gates.n * d, h, gates.u)
+        return h_new if m is None else torch.lerp(h_new, h, m)
 
 
 def builtin_declared(d: InStepDropout) -> tuple[DeclaredMask, ...]:
@@ -308,10 +342,12 @@ def draw_declared(
     mc: MCDropout | None = None,
     device: torch.device,
     dtype: torch.dtype,
+    gates: int = 4,
 ) -> dict[str, Mask]:
     """Every declared mask for one forward pass over (steps, batch), in declared order,
     with the one mask helper; outside training (and without MC) each is its evaluation
-    value, (1, 1, m) (None where that is 1). ``sizes`` gives n and H."""
+    value, (1, 1, m) (None where that is 1). ``sizes`` gives n and H; ``gates`` the cell's
+    gate count (4: LSTM, 3: GRU), for per-gate masks and U (gates·H x H)."""
     stochastic = training or mc is not None
     replicas = 1 if mc is None else mc.replicas
     held = None if mc is None else mc.held
@@ -338,7 +374,7 @@ def draw_declared(
             held,
             mask.name,
             None if mask.units is Units.weight_hh else mask.granularity,
-            lambda m=mask: _draw_one(m, sizes, steps, batch, replicas, device, dtype),
+            lambda m=mask: _draw_one(m, sizes, steps, batch, replicas, device, dtype, gates),
         )
     return masks
 
@@ -351,18 +387,19 @@ def _draw_one(
     replicas: int,
     device: torch.device,
     dtype: torch.dtype,
+    gates: int = 4,
 ) -> torch.Tensor:
     """One draw of ``mask`` from the one mask helper."""
     if mask.units is Units.weight_hh:
         hidden = sizes[Units.hidden]
         return draw_mask(
-            (4 * hidden, hidden), mask.p_zero, scale=mask.scaled, device=device, dtype=dtype
+            (gates * hidden, hidden), mask.p_zero, scale=mask.scaled, device=device, dtype=dtype
         )
     return draw_activation_mask(
         (steps, batch, sizes[mask.units]),
         mask.p_zero,
         mask.granularity,
-        gates=4 if mask.per_gate else None,
+        gates=gates if mask.per_gate else None,
         replicas=replicas,
         scale=mask.scaled,
         device=device,

@@ -124,10 +124,13 @@ class Run:
     @property
     def variant_label(self) -> str:
         """The variant as the papers name it (``+finetune`` for AWD's second stage), with
-        its two-pass objective (``zaremba+fd``)."""
+        its two-pass objective (``zaremba+fd``) and, on GRU layers, the cell
+        (``gru:gal_tied``)."""
         name = str(self.summary.get("variant"))
         if name == "gal":
             name = "gal_tied"
+        if (self.config.get("model") or {}).get("cell", "lstm") == "gru":
+            name = f"gru:{name}"
         objective = (self.config.get("objective") or {}).get("name", "none")
         if objective != "none":
             name += f"+{objective}"

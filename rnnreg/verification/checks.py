@@ -28,9 +28,11 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from rnnreg.config.dropout import Granularity, LSTMPath
+from rnnreg.config.dropout import Cell, Granularity, LSTMPath
 from rnnreg.config.schema import GateMasks, VariantConfig
 from rnnreg.model.generic import preactivations
+from rnnreg.model.gru import GRULayer, gru_gates, hidden_products
+from rnnreg.model.layer import RecurrentLayer
 from rnnreg.model.lm import in_step_dropout, plugin_rule
 from rnnreg.model.lstm import LSTMLayer
 from rnnreg.model.recurrence import activate
@@ -55,31 +57,43 @@ class Check:
 
 
 def layer_for(
-    variant: VariantConfig, path: LSTMPath, sizes: tuple[int, int] = TINY[:2], index: int = 1
-) -> LSTMLayer:
-    """Layer ``index`` of the variant (1: a layer between layers, ``p_between``), float64."""
+    variant: VariantConfig,
+    path: LSTMPath,
+    sizes: tuple[int, int] = TINY[:2],
+    index: int = 1,
+    cell: Cell = Cell.lstm,
+) -> RecurrentLayer:
+    """Layer ``index`` of the variant (1: a layer between layers, ``p_between``), float64,
+    of the ``cell`` (``model.cell``)."""
     torch.manual_seed(0)
-    layer = LSTMLayer(*sizes, in_step_dropout(variant, index), path, plugin_rule(variant))
+    kind = GRULayer if cell is Cell.gru else LSTMLayer
+    layer = kind(*sizes, in_step_dropout(variant, index), path, plugin_rule(variant))
     return layer.double()
 
 
-def fast_path(layer: LSTMLayer) -> LSTMPath | None:
-    """The variant's path other than the generic one: loop (hand-written) or fused."""
+def fast_path(layer: RecurrentLayer) -> LSTMPath | None:
+    """The variant's path other than the generic one: loop (the LSTM's hand-written
+    backward) or fused; a GRU's in-step masks have the generic path only."""
     if layer.plugin:
         return None
-    return LSTMPath.loop if layer.dropout.needs_loop else LSTMPath.fused
+    if layer.dropout.needs_loop:
+        return LSTMPath.loop if layer.cell == "lstm" else None
+    return LSTMPath.fused
 
 
-def _inputs(sizes: tuple[int, int, int, int], seed: int = 1) -> tuple[torch.Tensor, ...]:
+def _inputs(
+    sizes: tuple[int, int, int, int], seed: int = 1, cell: Cell = Cell.lstm
+) -> tuple[torch.Tensor, ...]:
+    """x, h0 and c0 (empty for the GRU, which has no memory cell)."""
     n, hidden, steps, rows = sizes
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(steps, rows, n, generator=gen, dtype=torch.float64)
     h0 = 0.5 * torch.randn(1, rows, hidden, generator=gen, dtype=torch.float64)
-    c0 = torch.randn(1, rows, hidden, generator=gen, dtype=torch.float64)
+    c0 = torch.randn(1, rows, 0 if cell is Cell.gru else hidden, generator=gen, dtype=torch.float64)
     return x, h0, c0
 
 
-def _functional(layer: LSTMLayer, seed: int) -> Callable[..., tuple[torch.Tensor, ...]]:
+def _functional(layer: RecurrentLayer, seed: int) -> Callable[..., tuple[torch.Tensor, ...]]:
     """The layer's training forward as a function of (x, h0, c0, *parameters), its masks
     drawn afresh from ``seed`` at every call (the same masks every time)."""
     names = [name for name, _ in layer.named_parameters()]
@@ -93,10 +107,10 @@ def _functional(layer: LSTMLayer, seed: int) -> Callable[..., tuple[torch.Tensor
     return run
 
 
-def gradient_check(variant: VariantConfig) -> Check:
+def gradient_check(variant: VariantConfig, cell: Cell = Cell.lstm) -> Check:
     """gradcheck of the generic path in float64 with respect to every input."""
-    layer = layer_for(variant, LSTMPath.generic).train()
-    leaves = [t.requires_grad_() for t in _inputs(TINY)]
+    layer = layer_for(variant, LSTMPath.generic, cell=cell).train()
+    leaves = [t.requires_grad_() for t in _inputs(TINY, cell=cell)]
     params = [p.detach().clone().requires_grad_() for p in layer.parameters()]
     try:
         ok = torch.autograd.gradcheck(
@@ -108,22 +122,22 @@ def gradient_check(variant: VariantConfig) -> Check:
     return Check("gradient", bool(ok), detail)
 
 
-def fast_path_check(variant: VariantConfig) -> Check:
+def fast_path_check(variant: VariantConfig, cell: Cell = Cell.lstm) -> Check:
     """The fast path (hand-written backward or fused kernel) against the generic path."""
-    generic = layer_for(variant, LSTMPath.generic).train()
+    generic = layer_for(variant, LSTMPath.generic, cell=cell).train()
     path = fast_path(generic)
     if path is None:
         return Check("fast path", True, "none: this rule runs on the generic path only")
-    fast = layer_for(variant, path).train()
+    fast = layer_for(variant, path, cell=cell).train()
     results = []
     for layer in (generic, fast):
-        leaves = [t.requires_grad_() for t in _inputs(TINY)]
+        leaves = [t.requires_grad_() for t in _inputs(TINY, cell=cell)]
         params = [p.detach().clone().requires_grad_() for p in layer.parameters()]
         out = _functional(layer, 4)(*leaves, *params)
         gen = torch.Generator().manual_seed(9)
         loss = sum((y * torch.randn(y.shape, generator=gen, dtype=y.dtype)).sum() for y in out)
         results.append((*out, *torch.autograd.grad(loss, (*leaves, *params))))
-    worst = max((a - b).abs().max().item() for a, b in zip(*results, strict=True))
+    worst = max(_max_abs(a - b) for a, b in zip(*results, strict=True))
     return Check(
         "fast path",
         worst <= 1e-9,
@@ -131,7 +145,12 @@ def fast_path_check(variant: VariantConfig) -> Check:
     )
 
 
-def drawn_masks(layer: LSTMLayer, steps: int, rows: int) -> dict[str, torch.Tensor | None]:
+def _max_abs(t: torch.Tensor) -> float:
+    """max |t|, 0 for an empty tensor (a GRU's c)."""
+    return t.abs().max().item() if t.numel() else 0.0
+
+
+def drawn_masks(layer: RecurrentLayer, steps: int, rows: int) -> dict[str, torch.Tensor | None]:
     """One training draw of every mask the layer applies, by declared name."""
     x = torch.zeros(steps, rows, layer.input_size, dtype=torch.float64)
     masks = layer.draw_masks(steps, rows, x.device, x.dtype)
@@ -140,11 +159,11 @@ def drawn_masks(layer: LSTMLayer, steps: int, rows: int) -> dict[str, torch.Tens
     return drawn
 
 
-def mask_checks(variant: VariantConfig) -> list[Check]:
+def mask_checks(variant: VariantConfig, cell: Cell = Cell.lstm) -> list[Check]:
     """Every declared mask of a layer, and the activation masks between the layers,
     against its declaration (rate, mean, kept value, constancy), over one draw at
     (T, B, H) = (8, 256, 64)."""
-    layer = layer_for(variant, LSTMPath.generic, sizes=(32, 64)).train()
+    layer = layer_for(variant, LSTMPath.generic, sizes=(32, 64), cell=cell).train()
     declared = [m for m in layer.rule.declared() if not _on_weight_columns(layer, m)]
     torch.manual_seed(5)
     drawn = drawn_masks(layer, 8, 256)
@@ -156,7 +175,7 @@ def mask_checks(variant: VariantConfig) -> list[Check]:
     return checks or [Check("masks", True, "the variant declares no mask")]
 
 
-def _on_weight_columns(layer: LSTMLayer, mask: DeclaredMask) -> bool:
+def _on_weight_columns(layer: RecurrentLayer, mask: DeclaredMask) -> bool:
     """A ``batch`` z_h runs as columns of U (and then so does the weight mask): its draw is
     checked by the fast-path comparison, not here."""
     return layer.dropout.hidden_on_weight and mask.name in ("hidden", "weight_hh")
@@ -216,7 +235,7 @@ def _independent(mask: DeclaredMask, z: torch.Tensor) -> torch.Tensor:
 def _constancy(mask: DeclaredMask, z: torch.Tensor, shape: tuple[int, int]) -> tuple[bool, str]:
     """Whether ``z`` varies and stays constant as its granularity and gates declare."""
     if mask.units is Units.weight_hh:
-        return True, "weight (4H, H)"
+        return True, "weight (gates·H, H)"
     steps, rows = shape
     gated = z.dim() == 4
     if gated != mask.per_gate:
@@ -237,12 +256,14 @@ def _constancy(mask: DeclaredMask, z: torch.Tensor, shape: tuple[int, int]) -> t
 
 
 def _one_step(
-    layer: LSTMLayer,
+    layer: RecurrentLayer,
     x: torch.Tensor,
     h: torch.Tensor,
     c: torch.Tensor,
 ) -> dict[str, torch.Tensor]:
-    """One step of the generic path through the rule's hooks, returning a_t, c_t, h_t."""
+    """One step of the generic path through the rule's hooks, returning a_t, c_t, h_t; for
+    the GRU, a_t is (W_r x' + U_r h' + b_r, the same for z, W_n x' + b_in, U_n h'_n + b_hn),
+    where its masks enter linearly, and there is no c_t."""
     masks = layer.draw_masks(1, x.size(1), x.device, x.dtype)
     z = layer.rule_masks(x, masks)
     rule = layer.rule
@@ -254,18 +275,25 @@ def _one_step(
     )
     gx = layer._input_products(x_in, gate_major)[0]
     z_0 = {k: (None if v is None or v.dim() < 3 else v[0]) for k, v in z.items()}
+    if layer.cell == "gru":
+        bias_hh = layer.rnn.bias_hh_l0
+        products = hidden_products(rule.pre_hidden(h, z_0), weight, bias_hh)
+        a_r, a_u, a_n = gx.unbind(0) if gx.dim() == 3 else gx.chunk(3, dim=1)
+        a = (a_r + products[0], a_u + products[1], a_n, products[2])
+        return {"a": torch.stack(a), "h": rule.post_gru(gru_gates(gx, products), h, z_0)}
     a = preactivations(gx, rule.pre_hidden(h, z_0), weight)
     h_new, c_new = rule.post(activate(*a), h, c, z_0)
     return {"a": torch.stack(a), "c": c_new, "h": h_new}
 
 
-def linear_point(layer: LSTMLayer) -> LinearPoint | None:
+def linear_point(layer: RecurrentLayer) -> LinearPoint | None:
     """Where the layer's masks enter linearly: the rule's declaration; for the built-ins,
     from which masks are on (None: nowhere, as Moon's mask inside the tanh)."""
     if layer.plugin:
         return layer.rule.linear_point
     d = layer.dropout
     if d.p_memory > 0:
+        assert isinstance(layer, LSTMLayer)
         return LinearPoint.state if layer.memory.scale_on_output and not d.memory_carried else None
     if d.p_update > 0:
         return LinearPoint.memory
@@ -280,11 +308,21 @@ TENSORS = {
     LinearPoint.state: ("c", "h"),
 }
 
+#: The GRU has no memory: Semeniuta's d and zoneout's m enter h_t linearly.
+GRU_TENSORS = {
+    LinearPoint.preactivation: ("a",),
+    LinearPoint.memory: ("h",),
+    LinearPoint.state: ("h",),
+}
 
-def evaluation_check(variant: VariantConfig, draws: int = 4000) -> list[Check]:
+
+def evaluation_check(
+    variant: VariantConfig, draws: int = 4000, cell: Cell = Cell.lstm
+) -> list[Check]:
     """Evaluation against the Monte Carlo mean of ``draws`` training draws, one step."""
-    layer = layer_for(variant, LSTMPath.generic)
-    x, h, c = (t[:1, :1] for t in _inputs(TINY))
+    layer = layer_for(variant, LSTMPath.generic, cell=cell)
+    tensors = GRU_TENSORS if cell is Cell.gru else TENSORS
+    x, h, c = (t[:1, :1] for t in _inputs(TINY, cell=cell))
     with torch.no_grad():
         exact = _one_step(layer.eval(), x, h[0], c[0])
         layer.train()
@@ -292,7 +330,7 @@ def evaluation_check(variant: VariantConfig, draws: int = 4000) -> list[Check]:
         rows = [_one_step(layer, x, h[0], c[0]) for _ in range(draws)]
     point = linear_point(layer)
     checks = []
-    for name in ("a", "c", "h"):
+    for name in ("a", "h") if cell is Cell.gru else ("a", "c", "h"):
         samples = torch.stack([r[name] for r in rows])
         mean, se = samples.mean(0), samples.std(0) / math.sqrt(draws)
         gap = (mean - exact[name]).abs()
@@ -300,7 +338,7 @@ def evaluation_check(variant: VariantConfig, draws: int = 4000) -> list[Check]:
         z = (gap[moving] / se[moving]).max().item() if moving.any() else 0.0
         still = gap[~moving].max().item() if (~moving).any() else 0.0
         label = {"a": "a_t", "c": "c_t", "h": "h_t"}[name]
-        if point is not None and name in TENSORS[point]:
+        if point is not None and name in tensors[point]:
             ok = z <= Z_BOUND and still <= 1e-9
             checks.append(
                 Check(
@@ -321,19 +359,17 @@ def evaluation_check(variant: VariantConfig, draws: int = 4000) -> list[Check]:
     return checks
 
 
-def state_check(variant: VariantConfig) -> Check:
+def state_check(variant: VariantConfig, cell: Cell = Cell.lstm) -> Check:
     """Evaluation over 2T steps equals two windows of T with the state carried."""
-    layer = layer_for(variant, LSTMPath.generic).eval()
+    layer = layer_for(variant, LSTMPath.generic, cell=cell).eval()
     n, hidden, steps, rows = TINY
-    x, h0, c0 = _inputs((n, hidden, 2 * steps, rows))
+    x, h0, c0 = _inputs((n, hidden, 2 * steps, rows), cell=cell)
     with torch.no_grad():
         whole, (h, c) = layer(x, (h0, c0))
         first, state = layer(x[:steps], (h0, c0))
         second, (h2, c2) = layer(x[steps:], state)
     parts = torch.cat((first, second))
-    worst = max(
-        (whole - parts).abs().max().item(), (h - h2).abs().max().item(), (c - c2).abs().max().item()
-    )
+    worst = max(_max_abs(whole - parts), _max_abs(h - h2), _max_abs(c - c2))
     last = (whole[-1] - h[0]).abs().max().item()
     return Check(
         "state",
@@ -342,13 +378,13 @@ def state_check(variant: VariantConfig) -> Check:
     )
 
 
-def all_checks(variant: VariantConfig) -> list[Check]:
-    """The layer-level checks in table order."""
+def all_checks(variant: VariantConfig, cell: Cell = Cell.lstm) -> list[Check]:
+    """The layer-level checks in table order, on layers of ``cell``."""
     variant = replace(variant)  # never the caller's object
     return [
-        gradient_check(variant),
-        fast_path_check(variant),
-        *mask_checks(variant),
-        *evaluation_check(variant),
-        state_check(variant),
+        gradient_check(variant, cell),
+        fast_path_check(variant, cell),
+        *mask_checks(variant, cell),
+        *evaluation_check(variant, cell=cell),
+        state_check(variant, cell),
     ]

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from rnnreg.config.schema import Granularity, ModelConfig, VariantConfig
+from rnnreg.config.schema import Cell, Granularity, ModelConfig, VariantConfig
 from rnnreg.model.lm import LanguageModel
 from rnnreg.verification.checks import Check
 
@@ -41,13 +41,12 @@ def composed(variant: VariantConfig) -> VariantConfig:
     return replace(variant, **extra, p_weight=variant.p_weight or 0.5)
 
 
-def composition_check(variant: VariantConfig, steps: int = 3) -> Check:
-    """A few SGD steps of a tiny model with the composed variant."""
+def composition_check(variant: VariantConfig, steps: int = 3, cell: Cell = Cell.lstm) -> Check:
+    """A few SGD steps of a tiny model of ``cell`` with the composed variant."""
     both = composed(variant)
     torch.manual_seed(0)
-    model = LanguageModel(
-        VOCAB, ModelConfig(name="tiny", embedding_size=8, hidden_size=8, compile=False), both
-    ).train()
+    config = ModelConfig(name="tiny", embedding_size=8, hidden_size=8, compile=False, cell=cell)
+    model = LanguageModel(VOCAB, config, both).train()
     before = [p.detach().clone() for p in model.parameters()]
     tokens = torch.randint(VOCAB, (7, 3))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5)

@@ -60,6 +60,7 @@ def draw_layer_masks(
     mc: MCDropout | None = None,
     device: torch.device,
     dtype: torch.dtype,
+    gates: int = 4,
 ) -> StepMasks:
     """Fresh masks for one forward pass over (steps, batch), or their expectations.
 
@@ -75,7 +76,15 @@ def draw_layer_masks(
     )
     sizes = {Units.input: input_size, Units.hidden: hidden_size}
     z = draw_declared(
-        in_step, sizes, steps, batch, training=training, mc=mc, device=device, dtype=dtype
+        in_step,
+        sizes,
+        steps,
+        batch,
+        training=training,
+        mc=mc,
+        device=device,
+        dtype=dtype,
+        gates=gates,
     )
     masks = StepMasks(
         input=z.get("input"),
@@ -87,7 +96,7 @@ def draw_layer_masks(
     )
     if stochastic:
         masks.weight_hh = held_or_drawn(
-            held, "weight_hh", None, lambda: draw_weight_mask(d, hidden_size, device, dtype)
+            held, "weight_hh", None, lambda: draw_weight_mask(d, hidden_size, device, dtype, gates)
         )
     elif d.hidden_on_weight and not d.scale:  # E[U ∘ M] = (1 - p) U for unscaled columns
         masks.weight_hh = torch.full((1, 1), 1.0 - d.p_hidden, device=device, dtype=dtype)
@@ -95,20 +104,25 @@ def draw_layer_masks(
 
 
 def draw_weight_mask(
-    d: InStepDropout, hidden_size: int, device: torch.device, dtype: torch.dtype
+    d: InStepDropout,
+    hidden_size: int,
+    device: torch.device,
+    dtype: torch.dtype,
+    gates: int = 4,
 ) -> torch.Tensor | None:
-    """M for U ∘ M (U is 4H x H): the weight-drop mask times the column mask of a
-    ``batch`` z_h.
+    """M for U ∘ M (U is gates·H x H: 4H for the LSTM, 3H for the GRU): the weight-drop
+    mask times the column mask of a ``batch`` z_h.
 
     ``(h ∘ z) U_kᵀ = h (U_k diag(z))ᵀ``: a z_h shared by every row and step of the
     batch is the same as dropping columns of U (per gate block U_k when untied).
     """
     mask = None
     if d.p_weight > 0:
-        mask = draw_mask((4 * hidden_size, hidden_size), d.p_weight, device=device, dtype=dtype)
+        shape = (gates * hidden_size, hidden_size)
+        mask = draw_mask(shape, d.p_weight, device=device, dtype=dtype)
     if d.hidden_on_weight:
-        gates, size = (4 if d.untied else 1), hidden_size
-        z_h = draw_mask((gates, 1, size), d.p_hidden, scale=d.scale, device=device, dtype=dtype)
-        columns = z_h.expand(4, size, size).reshape(4 * size, size)
+        drawn, size = (gates if d.untied else 1), hidden_size
+        z_h = draw_mask((drawn, 1, size), d.p_hidden, scale=d.scale, device=device, dtype=dtype)
+        columns = z_h.expand(gates, size, size).reshape(gates * size, size)
         mask = columns if mask is None else mask * columns
     return mask
