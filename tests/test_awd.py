@@ -98,11 +98,10 @@ def test_variable_bptt_scales_the_learning_rate_of_the_step(make_config, tmp_pat
         ),
         tmp_path / "run",
     )
-    seen = []
+    seen = []  # the step hook sees the scaled rate, once per step (FiniteSGD.finite_step)
+    torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))])  # plain SGD's step hooked too
     trainer.optimizer.register_step_pre_hook(
-        lambda optimizer, args, kwargs: seen.append(
-            optimizer.param_groups[0]["lr"] * kwargs.get("lr_scale", 1.0)
-        )
+        lambda optimizer, args, kwargs: seen.append(optimizer.param_groups[0]["lr"])
     )
     lengths = []
     next_length = trainer._next_length

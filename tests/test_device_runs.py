@@ -127,7 +127,7 @@ def test_a_non_finite_step_changes_no_weight() -> None:
     optimizer = FiniteSGD(weights, lr=0.5, weight_decay=0.1)
     for w in weights:
         w.grad = torch.full_like(w, math.nan)
-    optimizer.step(finite=torch.tensor(False))
+    optimizer.finite_step(finite=torch.tensor(False))
     for w, b in zip(weights, before, strict=True):
         assert torch.equal(w.detach(), b)
 
@@ -141,7 +141,7 @@ def test_a_finite_step_is_torch_sgd_exactly() -> None:
     finite_sgd = FiniteSGD(ours, lr=0.3, weight_decay=1e-3)
     for w, v, g in zip(ours, theirs, grads, strict=True):
         w.grad, v.grad = g.clone(), g.clone()
-    finite_sgd.step(lr_scale=0.8, finite=torch.tensor(True))
+    finite_sgd.finite_step(lr_scale=0.8, finite=torch.tensor(True))
     sgd.step()
     for w, v in zip(ours, theirs, strict=True):
         torch.testing.assert_close(w, v, rtol=0, atol=1e-7)
@@ -157,7 +157,7 @@ def test_a_checkpoint_of_the_older_finite_sgd_loads_and_steps() -> None:
     optimizer.load_state_dict(old)
     assert optimizer.param_groups[0]["lr"] == 0.25 and optimizer.param_groups[0]["fused"]
     weights[0].grad = torch.ones(3)
-    optimizer.step(finite=torch.tensor(True))
+    optimizer.finite_step(finite=torch.tensor(True))
     torch.testing.assert_close(weights[0].detach(), torch.full((3,), 0.75))
 
 
@@ -171,7 +171,7 @@ def test_the_optimizer_step_costs_the_same_operators_for_any_number_of_parameter
             w.grad = torch.randn(3)
         optimizer = FiniteSGD(weights, lr=0.1, weight_decay=0.01)
         finite = torch.tensor(True)
-        return count_operators(lambda: optimizer.step(lr_scale=0.5, finite=finite), steps=2)
+        return count_operators(lambda: optimizer.finite_step(lr_scale=0.5, finite=finite), steps=2)
 
     few, many = counts(2), counts(40)
     assert few.compute == many.compute and few.dispatches == many.dispatches

@@ -122,3 +122,74 @@ def test_generator_makes_masks_reproducible() -> None:
     first = draw_mask((50, 50), 0.3, generator=torch.Generator().manual_seed(3))
     second = draw_mask((50, 50), 0.3, generator=torch.Generator().manual_seed(3))
     assert torch.equal(first, second)
+
+
+# --- every mask of a forward pass in one draw (rnnreg/model/regularizers/pool.py) -------
+
+POOL_REQUESTS = [  # (shape, p, scale, dtype): rates, scaling and dtypes of a Gal/AWD pass
+    ((1, 4, 5), 0.5, True, torch.float32),
+    ((10, 1), 0.1, True, torch.float32),
+    ((3, 4, 7), 0.25, False, torch.float32),
+    ((8, 5), 0.4, True, torch.float64),
+    ((1, 1, 3), 0.5, True, torch.float32),
+]
+
+
+def _draw_requests() -> list[torch.Tensor]:
+    return [
+        draw_mask(shape, p, scale=scale, dtype=dtype) for shape, p, scale, dtype in POOL_REQUESTS
+    ]
+
+
+def test_pooled_masks_on_a_cpu_are_the_one_by_one_masks_and_leave_the_same_stream() -> None:
+    """One draw for all: the same 64-bit words in the same order, so the same masks, and
+    the generator where the one-by-one draws leave it."""
+    from rnnreg.model.regularizers.pool import MaskPlan, pooled, recording
+
+    torch.manual_seed(4)
+    with recording() as recorder:
+        one_by_one = _draw_requests()
+    after = torch.get_rng_state()
+    plan = MaskPlan(recorder.draws)
+    assert plan.poolable and isinstance(plan.threshold, torch.Tensor)  # rates differ
+    torch.manual_seed(4)
+    with pooled(plan):
+        together = _draw_requests()
+    for a, b in zip(one_by_one, together, strict=True):
+        assert a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b)
+        assert b.storage_offset() == 0  # a tensor of its own, not a view into the draw
+    assert torch.equal(torch.get_rng_state(), after)
+
+
+def test_a_request_outside_the_plan_is_refused() -> None:
+    from rnnreg.model.regularizers.pool import MaskPlan, pooled, recording
+
+    with recording() as recorder:
+        _draw_requests()
+    with pytest.raises(RuntimeError, match="does not hold"), pooled(MaskPlan(recorder.draws)):
+        draw_mask((2, 2), 0.3)
+    with pytest.raises(RuntimeError, match="drew 1 of the 5 masks"):
+        with pooled(MaskPlan(recorder.draws)):
+            draw_mask(*POOL_REQUESTS[0][:2])
+
+
+@pytest.mark.parametrize("variant", ["gal", "awd"])
+def test_a_training_forward_draws_its_masks_once_and_as_before(make_config, variant) -> None:
+    """The language model's training forward pass: one random draw for every mask, and
+    the logits of the one-by-one draws (same seed, CPU)."""
+    from rnnreg.core.opcount import count_operators
+    from rnnreg.model.lm import LanguageModel
+
+    run = make_config(f"variant={variant}")
+    torch.manual_seed(0)
+    model = LanguageModel(50, run.model, run.variant).train()
+    tokens = torch.randint(50, (8, 4))
+    with torch.no_grad():
+        torch.manual_seed(2)
+        pooled_logits, _ = model(tokens, model.init_state(4))  # records the plan, then pools
+        torch.manual_seed(2)
+        single_logits, _ = model._forward(tokens, model.init_state(4), None, None)
+        counts = count_operators(lambda: model(tokens, model.init_state(4)), steps=1)
+    assert len(model._mask_plans) == 1
+    assert torch.equal(pooled_logits, single_logits)
+    assert counts.names["aten::random_"] == 1, counts.names

@@ -37,7 +37,7 @@ def test_the_clipped_step_is_clip_grad_norm_then_torch_sgd_within_a_rounding(
     ours, theirs = _weights(0), _weights(0)
     before = [w.detach().clone() for w in ours]
     norm = gradient_norm(ours)
-    FiniteSGD(ours, lr=0.7, weight_decay=1e-2).step(
+    FiniteSGD(ours, lr=0.7, weight_decay=1e-2).finite_step(
         found_inf=torch.zeros(()), grad_divisor=clip_divisor(norm, max_norm)
     )
     their_norm = torch.nn.utils.clip_grad_norm_(theirs, max_norm, foreach=True)

@@ -16,6 +16,7 @@ gate); tied, they are one mask applied here.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -36,7 +37,8 @@ from rnnreg.model.layer import RecurrentLayer
 from rnnreg.model.lstm import InStepDropout, LSTMLayer
 from rnnreg.model.regularizers import ActivationDropout
 from rnnreg.model.regularizers.embedding import embed_with_type_dropout
-from rnnreg.model.regularizers.masks import MCDropout
+from rnnreg.model.regularizers.masks import MCDropout, rng_state, set_rng_state
+from rnnreg.model.regularizers.pool import MaskPlan, pooled, recording
 from rnnreg.model.rule import Rule
 
 State = list[tuple[torch.Tensor, torch.Tensor]]
@@ -113,6 +115,8 @@ class LanguageModel(nn.Module):
         if model.tie_weights:
             self.decoder.weight = self.embedding.weight
         self.reset_parameters(model.init_range, model.init_scheme)
+        #: The masks a training window of each shape draws (rnnreg/model/regularizers/pool.py).
+        self._mask_plans: dict[tuple[tuple[int, ...], torch.device], MaskPlan] = {}
 
     @property
     def lstm_path(self) -> str:
@@ -177,7 +181,7 @@ class LanguageModel(nn.Module):
         """
         if any(layer._trained.cudagraphs for layer in self.layers):
             torch.compiler.cudagraph_mark_step_begin()  # a window: a new round of replays
-        with autocast(self.precision, tokens.device.type):
+        with autocast(self.precision, tokens.device.type), self._masks_at_once(tokens, state, mc):
             logits, new_state = self._forward(tokens, state, activations, mc)
         if self.precision is Precision.bf16:
             logits = logits.float()
@@ -187,13 +191,39 @@ class LanguageModel(nn.Module):
                 activations.last_dropped = activations.last_dropped.float()
         return logits, new_state
 
+    def _masks_at_once(
+        self, tokens: torch.Tensor, state: State, mc: MCDropout | None
+    ) -> contextlib.AbstractContextManager[object]:
+        """A training forward pass draws all its masks in one random draw
+        (rnnreg/model/regularizers/pool.py): the plan of a window shape is recorded once,
+        by a forward pass up to the decoder whose draws are put back (the generators' state
+        restored). MC
+        evaluation and CUDA graphs draw each mask on its own."""
+        cudagraphs = any(getattr(layer._trained, "cudagraphs", False) for layer in self.layers)
+        if not self.training or mc is not None or cudagraphs:
+            return contextlib.nullcontext()
+        key = (tuple(tokens.shape), tokens.device)
+        if key not in self._mask_plans:
+            saved = rng_state()
+            try:
+                with recording() as recorder:
+                    self._forward(tokens, state, None, None, decode=False)
+            finally:
+                set_rng_state(saved)
+            self._mask_plans[key] = MaskPlan(recorder.draws)
+        plan = self._mask_plans[key]
+        return pooled(plan) if plan.poolable else contextlib.nullcontext()
+
     def _forward(
         self,
         tokens: torch.Tensor,
         state: State,
         activations: Activations | None,
         mc: MCDropout | None,
+        decode: bool = True,
     ) -> tuple[torch.Tensor, State]:
+        """Logits and the new state; ``decode=False`` stops before the decoder (which draws
+        no mask) and returns the dropped last output instead (recording a mask plan)."""
         embedded = embed_with_type_dropout(
             self.embedding,
             tokens,
@@ -213,7 +243,7 @@ class LanguageModel(nn.Module):
         dropped = self.output_dropout(x, mc=_scope(mc, "output"))
         if activations is not None:
             activations.last, activations.last_dropped = x, dropped
-        return self.decoder(dropped), new_state
+        return (self.decoder(dropped) if decode else dropped), new_state
 
 
 def _scope(mc: MCDropout | None, key: object) -> MCDropout | None:

@@ -113,10 +113,8 @@ class FiniteSGD(torch.optim.SGD):
     ) -> None:
         super().__init__(params, lr=lr, weight_decay=weight_decay, fused=True)
 
-    @torch.no_grad()
-    def step(  # type: ignore[override]
+    def finite_step(
         self,
-        closure: None = None,
         *,
         lr_scale: float = 1.0,
         finite: torch.Tensor | None = None,
@@ -125,7 +123,11 @@ class FiniteSGD(torch.optim.SGD):
     ) -> None:
         """The update, scaled by ``lr_scale``, with the gradients divided by
         ``grad_divisor`` (None: 1); skipped when ``finite`` (bool) is False or
-        ``found_inf`` (float, its complement, what the trainer passes) is 1.0."""
+        ``found_inf`` (float, its complement, what the trainer passes) is 1.0.
+
+        SGD's own ``step`` runs it, once: its step hooks see the scaled learning rate (an
+        override calling ``super().step()`` would run them twice once plain SGD's step is
+        hooked too)."""
         if found_inf is None and finite is not None:
             found_inf = torch.logical_not(finite).float()
         self.found_inf = found_inf
@@ -134,8 +136,9 @@ class FiniteSGD(torch.optim.SGD):
             for group in self.param_groups:
                 group["lr"] *= lr_scale
         try:
-            super().step()
+            self.step()
         finally:
+            self.found_inf = self.grad_scale = None  # a plain step() after it reads neither
             if lr_scale != 1.0:
                 for group in self.param_groups:
                     group["lr"] /= lr_scale

@@ -57,7 +57,7 @@ class WindowStep:
         scale = inputs.size(0) / run.trainer.bptt if run.trainer.variable_bptt else 1.0
         nll = w.nll.detach()
         found_inf = not_finite(nll, grad_norm, out=self.found_inf)
-        optimizer.step(lr_scale=scale, found_inf=found_inf, grad_divisor=divisor)
+        optimizer.finite_step(lr_scale=scale, found_inf=found_inf, grad_divisor=divisor)
         self.parts.averaging.update(model)
         self.totals.add(nll, grad_norm, step, targets.numel())
         return detach_state(w.state)

@@ -7,9 +7,11 @@ scaling the kept entries are ``1/(1-p)`` so that nothing changes at evaluation t
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 
@@ -29,8 +31,14 @@ def mask_shape(shape: Sequence[int], granularity: Granularity | str) -> tuple[in
     return (1, 1, units)
 
 
-_WORD_BITS = 16
-_WORD_VALUES = 1 << _WORD_BITS
+#: Bits of each mask entry's random word (four words per 64-bit draw): keep_from_bits.
+WORD_BITS = 16
+_WORD_VALUES = 1 << WORD_BITS
+
+
+def word_threshold(p: float) -> int:
+    """The smallest kept word: w >= round(p 2^16) - 2^15 keeps w with probability 1 - p."""
+    return round(p * _WORD_VALUES) - _WORD_VALUES // 2
 
 
 def keep_from_uniform(
@@ -50,11 +58,10 @@ def keep_from_bits(
     >= round(p 2^16) - 2^15, so P(drop) = round(p 2^16) / 2^16 (|error| <= 2^-17).
     """
     count = math.prod(shape)
-    words = -(-count // (64 // _WORD_BITS))
+    words = -(-count // (64 // WORD_BITS))
     draws = torch.empty(words, dtype=torch.int64, device=device)
     draws.random_(-(1 << 63), None, generator=generator)  # all 64 bits uniform
-    threshold = round(p * _WORD_VALUES) - _WORD_VALUES // 2
-    return draws.view(torch.int16)[:count].view(shape) >= threshold
+    return draws.view(torch.int16)[:count].view(shape) >= word_threshold(p)
 
 
 def draw_mask(
@@ -73,11 +80,38 @@ def draw_mask(
     check_rate(p)
     device = torch.device(device) if device is not None else torch.device("cpu")
     sample = keep_from_bits if device.type == "cpu" else keep_from_uniform
-    keep = sample(tuple(shape), p, device, generator)
+
+    def unpooled() -> torch.Tensor:
+        return scaled(sample(tuple(shape), p, device, generator), p, scale, dtype)
+
+    if generator is not None or not _DRAWING:
+        return unpooled()
+    from rnnreg.model.regularizers.pool import Draw
+
+    return _DRAWING[-1].draw(Draw(tuple(shape), p, scale, dtype, device), unpooled)
+
+
+def scaled(keep: torch.Tensor, p: float, scale: bool, dtype: torch.dtype) -> torch.Tensor:
+    """The mask from its boolean keep-mask: 1/(1-p) where kept when ``scale``, else 1."""
     if scale and dtype == torch.get_default_dtype():
         return keep * (1.0 / (1.0 - p))  # bool × float: the cast and the scale in one operator
     mask = keep.to(dtype)
     return mask.mul_(1.0 / (1.0 - p)) if scale else mask
+
+
+#: What serves draw_mask's requests inside rnnreg/model/regularizers/pool.py's contexts (a
+#: Recorder or a Pool), innermost last; empty: each mask is drawn on its own.
+_DRAWING: list[Any] = []
+
+
+@contextlib.contextmanager
+def drawing_with(server: Any) -> Iterator[None]:
+    """Route :func:`draw_mask`'s requests (default generators only) to ``server``."""
+    _DRAWING.append(server)
+    try:
+        yield
+    finally:
+        _DRAWING.pop()
 
 
 def draw_activation_mask(

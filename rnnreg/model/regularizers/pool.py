@@ -1,0 +1,146 @@
+"""Every mask of a training forward pass drawn in one random draw (docs/performance.md,
+"Operators per step").
+
+One by one, each mask costs its own random draw, comparison and scale; a Gal model draws
+six per window. A :class:`MaskPlan` is the list of the masks a forward pass of one window
+shape draws (shape, rate, scaling, in drawing order), recorded once
+(:func:`recording`); :func:`pooled` then draws them together:
+
+    w = one random draw for every mask,  keep = w >= θ  (θ: each entry's own mask's),
+    z_k = keep[span_k] · s_k                            (s_k = 1/(1-p_k), or 1)
+
+two operators for all the masks and one scale per mask, each mask a tensor of its own
+(a view into a shared buffer would carry its storage offset into the compiled loop's
+guards). On a CPU the words are the 64-bit integers the masks drew one by one
+(``keep_from_bits`` in rnnreg/model/regularizers/masks.py), in the same order, each mask
+starting at a fresh integer: the CPU generator draws them in sequence, so the masks are
+the same to the bit
+(tests/test_masks.py). On a GPU they come from one ``torch.rand``: the same distribution,
+another stream, the same one on every run and resume (the plan is recorded with the
+generators' state put back, so a resumed run pools its first window as the uninterrupted
+run did).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+
+from rnnreg.model.regularizers import masks as mask_helper
+
+
+@dataclass(frozen=True)
+class Draw:
+    """One mask request of :func:`~rnnreg.model.regularizers.masks.draw_mask`."""
+
+    shape: tuple[int, ...]
+    p: float
+    scale: bool
+    dtype: torch.dtype
+    device: torch.device
+
+    @property
+    def count(self) -> int:
+        return math.prod(self.shape)
+
+
+class Recorder:
+    """Draws as :func:`draw_mask` does, noting each request."""
+
+    def __init__(self) -> None:
+        self.draws: list[Draw] = []
+
+    def draw(self, request: Draw, unpooled: Callable[[], torch.Tensor]) -> torch.Tensor:
+        self.draws.append(request)
+        return unpooled()
+
+
+class MaskPlan:
+    """The masks of one forward pass and where each lies in the one draw: a span of
+    16-bit words (CPU, a multiple of 4: each mask starts at a fresh 64-bit integer) or of
+    uniforms (GPU), and the threshold of each entry (one number when the rates agree)."""
+
+    def __init__(self, draws: list[Draw]) -> None:
+        self.draws = tuple(draws)
+        self.device = draws[0].device if draws else torch.device("cpu")
+        self.bits = self.device.type == "cpu"
+        unit = 64 // mask_helper.WORD_BITS if self.bits else 1
+        self.spans, start = [], 0
+        for draw in self.draws:
+            self.spans.append((start, draw.count))
+            start += -(-draw.count // unit) * unit
+        self.entries = start
+        levels = [self._threshold(d.p) for d in self.draws]
+        self.threshold: float | torch.Tensor = levels[0] if len(set(levels)) == 1 else 0.0
+        if len(set(levels)) > 1:
+            ends = [s for s, _ in self.spans[1:]] + [self.entries]
+            sizes = [end - s for (s, _), end in zip(self.spans, ends, strict=True)]
+            kind = torch.int16 if self.bits else torch.float32
+            per_mask = torch.tensor(levels, dtype=kind, device=self.device)
+            self.threshold = per_mask.repeat_interleave(torch.tensor(sizes, device=self.device))
+
+    @property
+    def poolable(self) -> bool:
+        """One device, and more than one mask (a single mask gains nothing)."""
+        return len(self.draws) > 1 and len({d.device for d in self.draws}) == 1
+
+    def _threshold(self, p: float) -> float:
+        return mask_helper.word_threshold(p) if self.bits else p
+
+    def draw_all(self) -> list[torch.Tensor]:
+        """Every mask of the plan, from one draw of the default generators."""
+        if self.bits:
+            words = torch.empty(self.entries // 4, dtype=torch.int64, device=self.device)
+            words.random_(-(1 << 63), None)  # all 64 bits uniform, as keep_from_bits
+            keep = words.view(torch.int16) >= self.threshold
+        else:
+            keep = torch.rand(self.entries, device=self.device) >= self.threshold
+        return [
+            mask_helper.scaled(keep[start : start + count].view(d.shape), d.p, d.scale, d.dtype)
+            for (start, count), d in zip(self.spans, self.draws, strict=True)
+        ]
+
+
+class Pool:
+    """Hands each request of a forward pass its mask from the plan's one draw."""
+
+    def __init__(self, plan: MaskPlan) -> None:
+        self.plan = plan
+        self.masks = plan.draw_all()
+        self.next = 0
+
+    def draw(self, request: Draw, unpooled: Callable[[], torch.Tensor]) -> torch.Tensor:
+        index = self.next
+        if index >= len(self.masks) or self.plan.draws[index] != request:
+            raise RuntimeError(
+                f"a forward pass asked for mask {index} as {request}, which its recorded "
+                "plan does not hold: the masks a window draws must not depend on its values "
+                "(rnnreg/model/regularizers/pool.py)"
+            )
+        self.next += 1
+        return self.masks[index]
+
+
+@contextlib.contextmanager
+def recording() -> Iterator[Recorder]:
+    """Note every mask drawn inside (with the default generators) in a :class:`Recorder`."""
+    recorder = Recorder()
+    with mask_helper.drawing_with(recorder):
+        yield recorder
+
+
+@contextlib.contextmanager
+def pooled(plan: MaskPlan) -> Iterator[Pool]:
+    """Serve every mask drawn inside from the plan's one draw; all of them must be used."""
+    pool = Pool(plan)
+    with mask_helper.drawing_with(pool):
+        yield pool
+    if pool.next != len(pool.masks):
+        raise RuntimeError(
+            f"a forward pass drew {pool.next} of the {len(pool.masks)} masks of its plan "
+            "(rnnreg/model/regularizers/pool.py)"
+        )
