@@ -33,7 +33,7 @@ LEDGER_DIR ?= $(OUTPUTS_ROOT)/ledger
 LEDGER_THREADS ?= 2
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-fast lint format run data bench sweep sweep-paper ledger-runs report rescore results record clean gpu-pack gpu-check tune tune-paper postgres-server verify
+.PHONY: help setup test test-fast lint format run data bench sweep sweep-paper ledger-runs report rescore results record clean gpu-pack gpu-check tune tune-paper postgres-server verify verify-gru
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -81,6 +81,12 @@ VERIFY_ARGS ?=
 verify: $(STAMP) ## rnnreg verify for VARIANT (default: every variant, plug-ins included), VERIFY_ARGS more overrides (e.g. --no-resume)
 	@variants="$(VARIANT)"; [ -n "$$variants" ] || variants=$$($(PY) -c "from rnnreg.config.schema import group_options; print(' '.join(group_options('variant')))"); \
 	rc=0; for v in $$variants; do $(PY) -m rnnreg.verify variant=$$v $(VERIFY_ARGS) || rc=1; echo; done; exit $$rc
+
+GRU_VARIANTS := none zaremba gal gal_untied semeniuta weight_drop awd
+
+verify-gru: $(STAMP) ## rnnreg verify on GRU layers (model.cell=gru) of every variant that has a meaning there; zoneout on h only
+	@rc=0; for v in $(GRU_VARIANTS); do $(PY) -m rnnreg.verify variant=$$v model.cell=gru $(VERIFY_ARGS) || rc=1; echo; done; \
+	$(PY) -m rnnreg.verify variant=zoneout variant.zoneout_cell=0 model.cell=gru $(VERIFY_ARGS) || rc=1; exit $$rc
 
 run: $(STAMP) ## set up, then a short real run on PTB (Zaremba small, 2 epochs, a few minutes)
 	$(PY) -m rnnreg.train experiment=zaremba_small trainer.epochs=2 hydra.run.dir=$(abspath $(RUN_DIR))
