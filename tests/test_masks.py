@@ -193,3 +193,17 @@ def test_a_training_forward_draws_its_masks_once_and_as_before(make_config, vari
     assert len(model._mask_plans) == 1
     assert torch.equal(pooled_logits, single_logits)
     assert counts.names["aten::random_"] == 1, counts.names
+
+
+def test_window_lengths_with_the_same_masks_share_one_threshold_tensor(make_config) -> None:
+    """AWD-LSTM's variable BPTT: its weight and sequence masks do not depend on the window's
+    length, so the plans of every length hold one per-entry threshold tensor, not a copy each."""
+    from rnnreg.model.lm import LanguageModel
+
+    run = make_config("variant=awd")
+    model = LanguageModel(50, run.model, run.variant).train()
+    with torch.no_grad():
+        for length in (6, 9):
+            model(torch.randint(50, (length, 4)), model.init_state(4))
+    short, long = model._mask_plans.values()
+    assert isinstance(short.threshold, torch.Tensor) and short.threshold is long.threshold

@@ -79,9 +79,7 @@ class MaskPlan:
         if len(set(levels)) > 1:
             ends = [s for s, _ in self.spans[1:]] + [self.entries]
             sizes = [end - s for (s, _), end in zip(self.spans, ends, strict=True)]
-            kind = torch.int16 if self.bits else torch.float32
-            per_mask = torch.tensor(levels, dtype=kind, device=self.device)
-            self.threshold = per_mask.repeat_interleave(torch.tensor(sizes, device=self.device))
+            self.threshold = _thresholds(tuple(levels), tuple(sizes), self.bits, self.device)
 
     @property
     def poolable(self) -> bool:
@@ -103,6 +101,24 @@ class MaskPlan:
             mask_helper.scaled(keep[start : start + count].view(d.shape), d.p, d.scale, d.dtype)
             for (start, count), d in zip(self.spans, self.draws, strict=True)
         ]
+
+
+#: Per-entry thresholds by content: plans of different window shapes whose masks do not
+#: depend on the window's length (AWD-LSTM's variable BPTT: weight and sequence masks)
+#: share one tensor instead of holding a weight-sized copy each.
+_THRESHOLDS: dict[tuple[object, ...], torch.Tensor] = {}
+
+
+def _thresholds(
+    levels: tuple[float, ...], sizes: tuple[int, ...], bits: bool, device: torch.device
+) -> torch.Tensor:
+    """Each mask's threshold repeated over its span (words or uniforms), made once."""
+    key = (levels, sizes, bits, device)
+    if key not in _THRESHOLDS:
+        kind = torch.int16 if bits else torch.float32
+        per_mask = torch.tensor(levels, dtype=kind, device=device)
+        _THRESHOLDS[key] = per_mask.repeat_interleave(torch.tensor(sizes, device=device))
+    return _THRESHOLDS[key]
 
 
 class Pool:
