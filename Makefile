@@ -30,10 +30,19 @@ PAPER_DIR ?= $(OUTPUTS_ROOT)/multiruns/sweep-paper
 LEDGER_ROWS := zaremba_medium "gal_medium_untied eval.mc_samples=100" \
 	"gal_medium eval.mc_samples=100" moon_medium moon_embedding_medium
 LEDGER_DIR ?= $(OUTPUTS_ROOT)/ledger
+# The small-size comparison of LSTM and GRU cells and of the two-pass objectives (docs/protocols.md,
+# "Objectives"): the small preset's 13 epochs, one run at a time, each resumed from its checkpoint.
+COMPARE_ROWS := zaremba "zaremba objective=fd" "zaremba objective=eld" gal "gal objective=fd" \
+	"none model.cell=gru" "zaremba model.cell=gru" "gal model.cell=gru" \
+	"semeniuta model.cell=gru" "zoneout model.cell=gru variant.zoneout_cell=0"
+COMPARE_SEEDS ?= 1,2,3
+COMPARE_DIR ?= $(OUTPUTS_ROOT)/compare-small
+COMPARE_THREADS ?= 2
+COMPARE_ARGS ?=
 LEDGER_THREADS ?= 2
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-fast lint format run data bench sweep sweep-paper ledger-runs report rescore results record clean gpu-pack gpu-check tune tune-paper postgres-server verify verify-gru
+.PHONY: help setup test test-fast lint format run data bench sweep sweep-paper ledger-runs report rescore results record clean gpu-pack gpu-check tune tune-paper postgres-server verify verify-gru compare-small
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -143,6 +152,15 @@ ledger-runs: $(STAMP) ## the ledger's rows in order (seed 1) in LEDGER_DIR ($$RN
 			$(PY) -m rnnreg.ledger record $$dir --name $$name --stopped "exit $$rc"; fi; \
 		if [ $$rc -ne 0 ]; then echo "$$name: stopped (exit $$rc); run make ledger-runs again to resume it"; exit $$rc; fi; \
 	done
+
+compare-small: $(STAMP) ## LSTM vs GRU, plain vs fd/eld on the small preset (13 epochs) x COMPARE_SEEDS, one run at a time in COMPARE_DIR (resumed; finished runs skipped); COMPARE_ARGS more overrides; then make report OUTPUTS=<COMPARE_DIR>
+	@for seed in $$(echo $(COMPARE_SEEDS) | tr , ' '); do for row in $(COMPARE_ROWS); do \
+		set -- $$row; name=$$(echo "$$*" | tr ' =.' '__-')_s$$seed; \
+		echo "$$name: $(abspath $(COMPARE_DIR))/$$name"; \
+		$(PY) -m rnnreg.train experiment=zaremba_small variant=$$1 "$${@:2}" seed=$$seed \
+			trainer.threads=$(COMPARE_THREADS) trainer.auto_resume=true trainer.progress=log \
+			$(COMPARE_ARGS) hydra.run.dir=$(abspath $(COMPARE_DIR))/$$name || exit 1; \
+	done; done
 
 report: $(STAMP) ## the perplexity table of every run under outputs/ (or OUTPUTS=dir), with CIs and tests vs REFERENCE (none)
 	$(PY) -m rnnreg.report --reference $(or $(REFERENCE),none)
