@@ -58,6 +58,9 @@ def test_the_readme_flow_runs_with_the_example_installed(
     verified = _run(sys.executable, "-m", "rnnreg.verify", "variant=variational_zoneout", env=env)
     assert "all checks passed" in verified and "| resume | pass |" in verified
     assert "none: this rule runs on the generic path only" in verified
+    gru = ("variant=variational_zoneout", "model.cell=gru", "variant.zoneout_seq_cell=0")
+    on_gru = _run(sys.executable, "-m", "rnnreg.verify", *gru, "--no-resume", env=env)
+    assert "all checks passed" in on_gru and "| evaluation h_t | pass |" in on_gru
 
     sweep = tmp_path / "out" / "multiruns" / "my-rule"
     _run(

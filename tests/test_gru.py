@@ -203,3 +203,34 @@ def test_a_zoneout_preset_with_zoneout_cell_is_refused_for_the_gru(
     run = make_config("variant=zoneout", "model.cell=gru")
     with pytest.raises(PathError, match="variant.zoneout_cell=0"):
         Trainer(run, tmp_path / "run")
+
+
+def test_a_plug_in_rule_runs_on_the_cells_it_names_and_refuses_the_rest() -> None:
+    from rnnreg.model.lstm import LSTMLayer
+    from rnnreg.model.rule import Rule
+
+    class MemoryOnGru(Rule):
+        name = "memory_on_gru"
+        cells = ("lstm", "gru")
+
+        def check_cell(self, cell: str) -> None:
+            if cell == "gru":
+                raise ValueError("it acts on the memory cell")
+
+    class LstmOnly(Rule):
+        name = "lstm_only"
+
+    class Plain(Rule):  # no masks, the default hooks: the plain GRU
+        name = "plain"
+        cells = ("lstm", "gru")
+
+    with pytest.raises(PathError, match="'memory_on_gru' on the GRU: it acts on the memory"):
+        GRULayer(N, H, InStepDropout(), rule=MemoryOnGru())
+    assert LSTMLayer(N, H, InStepDropout(), rule=MemoryOnGru()).path is LSTMPath.generic
+    with pytest.raises(PathError, match=r"acts on the cells \['lstm'\], not on the GRU"):
+        GRULayer(N, H, InStepDropout(), rule=LstmOnly())
+    plain = GRULayer(N, H, InStepDropout(), rule=Plain()).double()
+    x, h0, c0 = _inputs(8)
+    reference = torch.nn.GRU(N, H).double()
+    reference.load_state_dict(plain.gru.state_dict())
+    torch.testing.assert_close(plain(x, (h0, c0))[0], reference(x, h0)[0], rtol=1e-12, atol=1e-12)

@@ -97,6 +97,10 @@ class RecurrentLayer(nn.Module):
                 f"{self.cell.upper()}; choose a variant that supports it, or model.cell="
                 f"{rule.cells[0]}"
             )
+        try:
+            rule.check_cell(self.cell)
+        except ValueError as exc:
+            raise PathError(f"variant {rule.name!r} on the {self.cell.upper()}: {exc}") from exc
         if self.dropout.needs_loop:
             raise PathError(
                 f"variant {rule.name!r} is a plug-in rule: it composes with the masks "

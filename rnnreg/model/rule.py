@@ -202,6 +202,10 @@ class Rule:
         """The masks with their rates, in drawing order."""
         return tuple(spec.resolve(self.values) for spec in self.masks)
 
+    def check_cell(self, cell: str) -> None:
+        """Refuse, with one line (a ``ValueError``), settings that have no meaning on the
+        layer's ``cell`` (one of :attr:`cells`): a mask on the LSTM's memory on a GRU."""
+
     @property
     def key(self) -> tuple[Any, ...]:
         """What the compiled code depends on: the rule and its settings' values."""

@@ -8,6 +8,9 @@ held over the window, as Gal's variational masks are:
     c_t = z^c ∘ c_{t-1} + (1 - z^c) ∘ ĉ_t,  h_t = z^h ∘ h_{t-1} + (1 - z^h) ∘ ĥ_t
 
 with z^c, z^h ~ Bernoulli(rate), (1, B, H). At evaluation z is its expectation, the rate.
+On a GRU (``model.cell=gru``), which has no memory, only z^h acts, on its update h̃_t:
+
+    h_t = z^h ∘ h_{t-1} + (1 - z^h) ∘ h̃_t
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from rnnreg.model.rule import Gates, LinearPoint, Masks, MaskSpec, Rule
+from rnnreg.model.rule import Gates, GRUGates, LinearPoint, Masks, MaskSpec, Rule
 
 HERE = Path(__file__).parent
 
@@ -32,7 +35,7 @@ class VariationalZoneoutSettings:
 
 class VariationalZoneout(Rule):
     name = "variational_zoneout"
-    cells = ("lstm",)
+    cells = ("lstm", "gru")
     settings = VariationalZoneoutSettings
     masks = (
         MaskSpec("cell", rate="zoneout_seq_cell", granularity="sequence", keep=True),
@@ -41,6 +44,10 @@ class VariationalZoneout(Rule):
     linear_point = LinearPoint.state
     conf = HERE / "variational_zoneout.yaml"
     space = HERE / "space.yaml"
+
+    def check_cell(self, cell: str) -> None:
+        if cell == "gru" and self.values.zoneout_seq_cell > 0:
+            raise ValueError("a GRU has no memory cell; set variant.zoneout_seq_cell=0")
 
     def post(
         self, gates: Gates, h: torch.Tensor, c: torch.Tensor, z: Masks
@@ -51,3 +58,7 @@ class VariationalZoneout(Rule):
         if z["hidden"] is not None:
             h_new = torch.lerp(h_new, h, z["hidden"])
         return h_new, c_new
+
+    def post_gru(self, gates: GRUGates, h: torch.Tensor, z: Masks) -> torch.Tensor:
+        h_new = super().post_gru(gates, h, z)  # the plain GRU: h̃_t
+        return h_new if z["hidden"] is None else torch.lerp(h_new, h, z["hidden"])
