@@ -337,7 +337,7 @@ def test_bf16_keeps_the_hand_written_backwards_sums_in_fp32() -> None:
     weight = 0.3 * torch.randn(4 * hidden, hidden, generator=gen)
     masks, memory = InStepMasks(), (False, False)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        outputs, _, _, gates, c_prev, tau = forward_saving(gx, h0, c0, weight, masks, memory)
+        outputs, _, _, gates, c_prev, tau, _ = forward_saving(gx, h0, c0, weight, masks, memory)
         d_out = torch.randn(steps, batch, hidden, generator=gen)
         deltas, dh, dc = backward_steps(d_out, h0, c0, gates, c_prev, tau, weight, masks, memory)
     assert gates.dtype == torch.bfloat16  # saved at the products' precision

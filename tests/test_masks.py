@@ -126,18 +126,19 @@ def test_generator_makes_masks_reproducible() -> None:
 
 # --- every mask of a forward pass in one draw (rnnreg/model/regularizers/pool.py) -------
 
-POOL_REQUESTS = [  # (shape, p, scale, dtype): rates, scaling and dtypes of a Gal/AWD pass
-    ((1, 4, 5), 0.5, True, torch.float32),
-    ((10, 1), 0.1, True, torch.float32),
-    ((3, 4, 7), 0.25, False, torch.float32),
-    ((8, 5), 0.4, True, torch.float64),
-    ((1, 1, 3), 0.5, True, torch.float32),
+POOL_REQUESTS = [  # (shape, p, scale, dtype, own storage): rates, scaling and dtypes of a
+    ((1, 4, 5), 0.5, True, torch.float32, False),  # Gal/AWD pass, in-step masks on their own
+    ((10, 1), 0.1, True, torch.float32, True),
+    ((3, 4, 7), 0.25, False, torch.float32, False),
+    ((8, 5), 0.4, True, torch.float64, True),
+    ((1, 1, 3), 0.5, True, torch.float32, False),
 ]
 
 
 def _draw_requests() -> list[torch.Tensor]:
     return [
-        draw_mask(shape, p, scale=scale, dtype=dtype) for shape, p, scale, dtype in POOL_REQUESTS
+        draw_mask(shape, p, scale=scale, dtype=dtype, own_storage=own)
+        for shape, p, scale, dtype, own in POOL_REQUESTS
     ]
 
 
@@ -152,13 +153,34 @@ def test_pooled_masks_on_a_cpu_are_the_one_by_one_masks_and_leave_the_same_strea
     after = torch.get_rng_state()
     plan = MaskPlan(recorder.draws)
     assert plan.poolable and isinstance(plan.threshold, torch.Tensor)  # rates differ
+    assert plan.scales is not None  # three fp32 masks without own storage: one scale
     torch.manual_seed(4)
     with pooled(plan):
         together = _draw_requests()
-    for a, b in zip(one_by_one, together, strict=True):
+    for a, b, request in zip(one_by_one, together, POOL_REQUESTS, strict=True):
         assert a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b)
-        assert b.storage_offset() == 0  # a tensor of its own, not a view into the draw
+        assert b.is_contiguous()
+        if request[-1]:  # a tensor of its own, not a view into the draw
+            assert b.storage_offset() == 0 and b.untyped_storage().nbytes() == b.nbytes
     assert torch.equal(torch.get_rng_state(), after)
+
+
+def test_the_masks_outside_compiled_code_are_scaled_in_one_operator() -> None:
+    """One ``mul`` for the three viewed masks, one for each of the two with own storage."""
+    from rnnreg.core.opcount import count_operators
+    from rnnreg.model.regularizers.pool import MaskPlan, pooled, recording
+
+    with recording() as recorder:
+        _draw_requests()
+    plan = MaskPlan(recorder.draws)
+
+    def draw() -> None:
+        with pooled(plan):
+            _draw_requests()
+
+    counts = count_operators(draw, steps=1)
+    scales = counts.names["aten::mul"] + counts.names["aten::mul_"]
+    assert scales == 3, counts.names
 
 
 def test_a_request_outside_the_plan_is_refused() -> None:
@@ -170,7 +192,7 @@ def test_a_request_outside_the_plan_is_refused() -> None:
         draw_mask((2, 2), 0.3)
     with pytest.raises(RuntimeError, match="drew 1 of the 5 masks"):
         with pooled(MaskPlan(recorder.draws)):
-            draw_mask(*POOL_REQUESTS[0][:2])
+            draw_mask(*POOL_REQUESTS[0][:2], own_storage=POOL_REQUESTS[0][-1])
 
 
 @pytest.mark.parametrize("variant", ["gal", "awd"])

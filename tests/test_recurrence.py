@@ -95,6 +95,34 @@ def test_hand_written_backward_equals_autograd(case: str, device: torch.device) 
         torch.testing.assert_close(have, want, rtol=1e-10, atol=1e-12, msg=f"d{name}")
 
 
+@pytest.mark.parametrize("case", ["none", "gal", "gal_untied", "composed"])
+def test_the_biases_added_at_each_step_have_their_gradients(case: str) -> None:
+    """With b_ih and b_hh given, gx is W x alone and each step adds b_ih + b_hh: the
+    outputs equal the bias folded into gx, and d b_ih = d b_hh = Σ δ (against autograd)."""
+    gen = torch.Generator().manual_seed(CASES.index(case))
+    leaves = inputs(case, gen)
+    masks = masks_for(case, gen)
+    biases = [torch.randn(4 * H, generator=gen, dtype=torch.float64).requires_grad_() for _ in "ih"]
+    upstream = [
+        torch.randn(s, generator=gen, dtype=torch.float64) for s in [(T, B, H), (B, H), (B, H)]
+    ]
+    total = biases[0] + biases[1]
+    folded = total.view(4, 1, H) if case == "gal_untied" else total
+    expected = recurrence(leaves[0] + folded, *leaves[1:], masks, MemoryForm())
+    want = torch.autograd.grad(
+        sum((y * w).sum() for y, w in zip(expected, upstream, strict=True)), [*leaves, *biases]
+    )
+    got = Recurrence()(*leaves, masks, MemoryForm(), *biases)
+    have = torch.autograd.grad(
+        sum((y * w).sum() for y, w in zip(got, upstream, strict=True)), [*leaves, *biases]
+    )
+    for name, value, reference in zip(("outputs", "h", "c"), got, expected, strict=True):
+        torch.testing.assert_close(value, reference, rtol=1e-10, atol=1e-12, msg=name)
+    names = ("gx", "h0", "c0", "U", "b_ih", "b_hh")
+    for name, value, reference in zip(names, have, want, strict=True):
+        torch.testing.assert_close(value, reference, rtol=1e-10, atol=1e-12, msg=f"d{name}")
+
+
 def test_gradcheck_of_the_composed_step() -> None:
     """Finite differences, independently of the autograd reference."""
     gen = torch.Generator().manual_seed(7)
@@ -109,13 +137,14 @@ def test_a_wrong_derivative_is_caught() -> None:
     gen = torch.Generator().manual_seed(3)
     leaves = inputs("none", gen)
     masks = masks_for("none", gen)
-    outputs, h, c, gates, c_prev, tau = forward_saving(*(x.detach() for x in leaves), masks, False)
+    saved = forward_saving(*(x.detach() for x in leaves), masks, False)
+    outputs, h, c, gates, c_prev, tau, hz = saved
     ones = torch.ones_like(outputs)
     zeros = torch.zeros_like(h)
-    args = (ones, zeros, zeros, leaves[1].detach(), outputs, gates)
-    right = backward_through_time(*args, c_prev, tau, leaves[3].detach(), masks, False)
+    args = (ones, zeros, zeros, gates)
+    right = backward_through_time(*args, c_prev, tau, hz, leaves[3].detach(), masks, False)
     wrong = backward_through_time(
-        *args, torch.ones_like(c_prev), tau, leaves[3].detach(), masks, False
+        *args, torch.ones_like(c_prev), tau, hz, leaves[3].detach(), masks, False
     )
     assert not torch.allclose(right[0], wrong[0])
     expected = recurrence(*leaves, masks, False)[0]

@@ -56,7 +56,7 @@ def test_a_wrong_sign_in_one_backward_term_fails_the_fast_path_check(monkeypatch
         return deltas * flip.view(1, 1, 4, 1), dh, dc
 
     assert _failed("gal") == {}
-    monkeypatch.setitem(recurrence._ROLES, "backward", wrong)
+    monkeypatch.setattr(recurrence, "backward_steps", wrong)
     assert list(_failed("gal")) == ["fast path"]
 
 

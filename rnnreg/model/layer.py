@@ -23,6 +23,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from rnnreg import RnnregError
@@ -194,24 +195,29 @@ class RecurrentLayer(nn.Module):
         """The bias added to W x: b_ih + b_hh (LSTM), b_ih (GRU: b_hn stays inside r ∘ ·)."""
         raise NotImplementedError
 
-    def _input_products(self, x: torch.Tensor, gate_major: bool) -> torch.Tensor:
+    def _input_products(
+        self, x: torch.Tensor, gate_major: bool, with_bias: bool = True
+    ) -> torch.Tensor:
         """gx = W x + b for every step in one product: (T, B, G·H), or (T, G, B, H) when
-        ``gate_major``, for G gates. ``x`` is (T, B, n), or (T, G, B, n) with one input per
-        gate (W_k (x_t ∘ z_k) + b_k for gate k, still one batched product)."""
-        weight, bias = self.rnn.weight_ih_l0, self._input_bias()
+        ``gate_major``, for G gates; W x alone without ``with_bias`` (the LSTM's loop adds
+        b at each step). ``x`` is (T, B, n), or (T, G, B, n) with one input per gate
+        (W_k (x_t ∘ z_k) + b_k for gate k, still one batched product)."""
+        weight = self.rnn.weight_ih_l0
+        bias = self._input_bias() if with_bias else None
         size, gates = self.hidden_size, self.gates
         if x.dim() == 3:
-            steps, batch, _ = x.shape
-            gx = torch.addmm(bias, x.reshape(steps * batch, -1), weight.t())
-            gx = gx.view(steps, batch, gates * size)
+            gx = F.linear(x, weight, bias)
             if gate_major:
+                steps, batch, _ = x.shape
                 gx = gx.view(steps, batch, gates, size).transpose(1, 2).contiguous()
             return gx
         steps, _, batch, _ = x.shape
         masked = x.expand(steps, gates, batch, self.input_size).transpose(0, 1)
         w_gates = weight.view(gates, size, self.input_size).transpose(1, 2)
         per_gate = torch.bmm(masked.reshape(gates, steps * batch, self.input_size), w_gates)
-        per_gate = per_gate.view(gates, steps, batch, size) + bias.view(gates, 1, 1, size)
+        per_gate = per_gate.view(gates, steps, batch, size)
+        if bias is not None:
+            per_gate = per_gate + bias.view(gates, 1, 1, size)
         if gate_major:
             return per_gate.transpose(0, 1).contiguous()
         return per_gate.permute(1, 2, 0, 3).reshape(steps, batch, gates * size)

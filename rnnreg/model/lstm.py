@@ -97,9 +97,10 @@ class LSTMLayer(RecurrentLayer):
         # an untied z_h runs the step gate-major, (T, 4, B, H); else (T, B, 4H)
         gate_major = masks.hidden is not None and masks.hidden.dim() == 4
         x_in = x if masks.input is None else x.unsqueeze(1) * masks.input  # (T, 4, B, n)
-        gx = self._input_products(x_in, gate_major)
+        gx = self._input_products(x_in, gate_major, with_bias=False)  # W x; b at each step
         h0, c0 = state
         assert isinstance(self._trained, Recurrence)
         run = self._trained if torch.is_grad_enabled() else self._trained.infer
-        outputs, h, c = run(gx, h0[0], c0[0], weight_hh, masks.in_step(), self.memory)
-        return outputs, (h.unsqueeze(0), c.unsqueeze(0))
+        biases = (self.lstm.bias_ih_l0, self.lstm.bias_hh_l0)
+        outputs, h, c = run(gx, h0, c0, weight_hh, masks.in_step(), self.memory, *biases)
+        return outputs, (h, c)

@@ -19,16 +19,22 @@ Two implementations of the same function:
 * :class:`Recurrence` — the same forward plus a hand-written backward through time
   (an ``autograd.Function``). Per step the backward does one matrix product
   (δ_t U for dh_{t-1}); the weight gradient Σ_t δ_tᵀ (h_{t-1} ∘ z_h) is one product over
-  all T·B rows after the loop, instead of T thin products accumulated one by one. The
-  forward and backward are plain functions of tensors, so ``torch.compile`` can fuse
-  their element-wise work without tracing autograd.
+  all T·B rows after the loop, instead of T thin products accumulated one by one, from
+  the h_{t-1} ∘ z_h the forward saved. The forward and backward are plain functions of
+  tensors, so ``torch.compile`` can fuse their element-wise work without tracing
+  autograd, and the backward's sums run inside the compiled code (no operator of their
+  own on the host).
+
+Given b_ih and b_hh (the layer's loop path), gx is W x alone and each step adds
+b = b_ih + b_hh, so that the biases' gradients, d b_ih = d b_hh = Σ_t Σ_b δ_t, come out
+of the compiled backward instead of costing a sum and a copy per layer.
 
 Moon's ``scale_on_output`` (:class:`MemoryForm`) moves the mask's 1/(1-p) out of the
 memory onto the output: the memory sees the 0/1 mask b_m, so a kept unit runs the same
 dynamics as at evaluation (docs/variants.md, "Moon's scale").
 
 Masks (:class:`InStepMasks`) are constants (no gradient). gx is (T, B, 4H), or gate-major
-(T, 4, B, H) when z_h is untied; h, c are (B, H).
+(T, 4, B, H) when z_h is untied; h, c are (B, H), or a layer's (1, B, H).
 """
 
 from __future__ import annotations
@@ -134,16 +140,34 @@ def shape_hints(part: torch.Tensor, time_major: bool) -> torch.Tensor:
     return part
 
 
+def _masked_hidden(h: torch.Tensor, z_h: Mask, untied: bool) -> torch.Tensor:
+    """h_{t-1} ∘ z_h as the recurrent product reads it: (B, H), or (4, B, H) per gate."""
+    if untied:
+        return h.unsqueeze(0) * z_h
+    return h if z_h is None else h * z_h
+
+
+def _step_bias(bias_ih: Mask, bias_hh: Mask, untied: bool) -> Mask:
+    """b = b_ih + b_hh, added at every step (None: gx already holds it); (4, 1, H) when
+    untied."""
+    if bias_ih is None or bias_hh is None:
+        return bias_ih if bias_hh is None else bias_hh
+    bias = bias_ih + bias_hh
+    return bias.view(4, 1, -1) if untied else bias
+
+
 def _gate_preactivations(
-    gx_t: torch.Tensor, h: torch.Tensor, weight_hh: torch.Tensor, z_h: Mask, untied: bool
+    gx_t: torch.Tensor, hz: torch.Tensor, weight_hh: torch.Tensor, untied: bool, bias: Mask
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(a_i, a_f, a_g, a_o), each (B, H): gx_t + U (h ∘ z_h), per gate when untied."""
+    """(a_i, a_f, a_g, a_o), each (B, H): gx_t + b + U hz with hz = h ∘ z_h, per gate
+    when untied."""
+    if bias is not None:
+        gx_t = gx_t + bias
     if untied:  # gate-major (4, B, H): W_k x + b_k + (h ∘ z_k) U_kᵀ for gate k
-        hidden = h.size(-1)
+        hidden = hz.size(-1)
         u_gates = weight_hh.view(4, hidden, hidden).transpose(1, 2)
-        return torch.baddbmm(gx_t, h.unsqueeze(0) * z_h, u_gates).unbind(0)
-    a = torch.addmm(gx_t, h if z_h is None else h * z_h, weight_hh.t())
-    return a.chunk(4, dim=1)
+        return torch.baddbmm(gx_t, hz, u_gates).unbind(0)
+    return torch.addmm(gx_t, hz, weight_hh.t()).chunk(4, dim=1)
 
 
 def _on_carried_memory(z_m: torch.Tensor, memory: MemoryForm) -> torch.Tensor:
@@ -199,15 +223,23 @@ def _steps(
     masks: InStepMasks,
     memory: MemoryForm,
     save: bool,
+    bias_ih: Mask = None,
+    bias_hh: Mask = None,
 ) -> tuple[torch.Tensor, ...]:
-    """The forward loop; with ``save`` it also keeps what the backward needs."""
+    """The forward loop; with ``save`` it also keeps what the backward needs. The state
+    may come as (1, B, H), a layer's (:func:`_as_rows`): h_T and c_T go back so."""
     untied = masks.untied
-    outputs, gates, c_prev, taus = [], [], [], []
+    bias = _step_bias(bias_ih, bias_hh, untied)
+    state_shape = h.shape
+    h, c = _as_rows(h), _as_rows(c)
+    outputs, gates, c_prev, taus, hz = [], [], [], [], []
     for t in range(gx.size(0)):
         z = masks.at(t)
-        a = _gate_preactivations(gx[t], h, weight_hh, z.hidden, untied)
+        h_in = _masked_hidden(h, z.hidden, untied)
+        a = _gate_preactivations(gx[t], h_in, weight_hh, untied, bias)
         if save:
             c_prev.append(c)
+            hz.append(h_in)
         values = activate(*a)
         h, c, tau = builtin_update(
             values, h, c, z.update, z.memory, z.zoneout_cell, z.zoneout_hidden, memory
@@ -216,16 +248,18 @@ def _steps(
         if save:
             gates.append(torch.stack(values))
             taus.append(tau)
+    h, c = h.view(state_shape), c.view(state_shape)
     if not save:
         return torch.stack(outputs), h, c
-    return (
-        torch.stack(outputs),
-        h,
-        c,
-        torch.stack(gates),
-        torch.stack(c_prev),
-        torch.stack(taus),
-    )
+    saved = (torch.stack(gates), torch.stack(c_prev), torch.stack(taus), torch.stack(hz))
+    return (torch.stack(outputs), h, c, *saved)
+
+
+def _as_rows(state: torch.Tensor) -> torch.Tensor:
+    """A state or its gradient as (B, H) rows; a layer's (1, B, H) is viewed so inside the
+    compiled code, which costs no operator there (the layer would spend a ``select`` and
+    an ``unsqueeze`` on each of h and c)."""
+    return state.view(state.shape[-2:])
 
 
 def recurrence(
@@ -235,9 +269,12 @@ def recurrence(
     weight_hh: torch.Tensor,
     masks: InStepMasks,
     memory: MemoryForm,
+    bias_ih: Mask = None,
+    bias_hh: Mask = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Run the step equations over ``gx`` from (h, c); returns outputs (T, B, H), h_T, c_T."""
-    outputs, h, c = _steps(gx, h, c, weight_hh, masks, memory, save=False)
+    """Run the step equations over ``gx`` from (h, c); returns outputs (T, B, H), h_T, c_T.
+    With ``bias_ih`` and ``bias_hh``, gx is W x without them and each step adds b_ih + b_hh."""
+    outputs, h, c = _steps(gx, h, c, weight_hh, masks, memory, False, bias_ih, bias_hh)
     return outputs, h, c
 
 
@@ -248,29 +285,31 @@ def forward_saving(
     weight_hh: torch.Tensor,
     masks: InStepMasks,
     memory: MemoryForm,
+    bias_ih: Mask = None,
+    bias_hh: Mask = None,
 ) -> tuple[torch.Tensor, ...]:
     """:func:`recurrence` that also returns what the backward needs.
 
-    Returns (outputs, h_T, c_T, gates, c_prev, tau): ``gates`` (T, 4, B, H) holds
-    i, f, g, o; ``c_prev`` (T, B, H) holds c_{t-1}; ``tau`` (T, B, H) the tanh in ĥ_t.
+    Returns (outputs, h_T, c_T, gates, c_prev, tau, hz): ``gates`` (T, 4, B, H) holds
+    i, f, g, o; ``c_prev`` (T, B, H) holds c_{t-1}; ``tau`` (T, B, H) the tanh in ĥ_t;
+    ``hz`` the recurrent products' inputs h_{t-1} ∘ z_h, (T, B, H) or (T, 4, B, H) untied.
     """
-    return _steps(gx, h, c, weight_hh, masks, memory, save=True)
+    return _steps(gx, h, c, weight_hh, masks, memory, True, bias_ih, bias_hh)
 
 
 def backward_through_time(
     d_outputs: torch.Tensor,
     d_h: torch.Tensor,
     d_c: torch.Tensor,
-    h0: torch.Tensor,
-    outputs: torch.Tensor,
     gates: torch.Tensor,
     c_prev: torch.Tensor,
     tau: torch.Tensor,
+    hz: torch.Tensor,
     weight_hh: torch.Tensor,
     masks: InStepMasks,
     memory: MemoryForm,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Gradients (d gx, d h0, d c0, d U) from those of (outputs, h_T, c_T).
+) -> tuple[torch.Tensor, ...]:
+    """Gradients (d gx, d h0, d c0, d U, d b_ih, d b_hh) from those of (outputs, h_T, c_T).
 
     Step t backwards, with dh, dc the gradients reaching h_t, c_t (σ' = s(1-s)):
 
@@ -279,18 +318,21 @@ def backward_through_time(
         δ_i = dĉ z_u g σ'(i)    δ_f = dĉ c_{t-1} σ'(f)    δ_g = dĉ z_u i (1 - g²)
         δ_o = dĥ τ σ'(o)        dc_{t-1} = z^c dc + dĉ ∘ f
         d gx_t = δ_t            dU = Σ_t δ_tᵀ (h_{t-1} ∘ z_h)
+        d b_ih = d b_hh = Σ_t Σ_b δ_t
 
     With ``scale_on_output``, dĥ is first multiplied by z_m (ĥ = o ∘ τ ∘ z_m), and then
     dĉ = (1 - z^c) dc + dτ   (b_m ∘ (…) if carried).
 
-    The steps are :func:`backward_steps` (one window or, compiled, block by block) and
-    the weight gradient is :func:`weight_gradient`, one product over all T·B rows.
+    The steps are :func:`backward_steps` and the sums over the rows :func:`weight_gradient`,
+    one product over all T·B rows (``hz``: the forward's h_{t-1} ∘ z_h). Compiled, it runs
+    block by block, each block's sums added (:class:`Recurrence`).
     """
     deltas, dh, dc = backward_steps(
         d_outputs, d_h, d_c, gates, c_prev, tau, weight_hh, masks, memory
     )
-    d_gx, d_weight = weight_gradient(deltas, h0, outputs, masks)
-    return d_gx, dh, dc, d_weight
+    d_gx, d_weight, d_bias = weight_gradient(deltas, hz, masks.untied)
+    return d_gx, dh, dc, d_weight, d_bias, d_bias.clone()
+
 
 
 def backward_steps(
@@ -315,7 +357,8 @@ def backward_steps(
     hidden = d_outputs.size(-1)
     u_gates = weight_hh.view(4, hidden, hidden)
     wide = torch.promote_types(d_h.dtype, torch.float32)
-    dh, dc = d_h.to(wide), d_c.to(wide)
+    state_shape = d_h.shape
+    dh, dc = _as_rows(d_h).to(wide), _as_rows(d_c).to(wide)
     deltas = []
     for t in range(steps - 1, -1, -1):
         dh = dh + d_outputs[t]
@@ -355,29 +398,28 @@ def backward_steps(
         if z_hh is not None:
             dh_next = dh_next + dh * z_hh
         dh, dc = dh_next.to(wide), dc_next.to(wide)
-    return torch.stack(deltas[::-1]), dh, dc
+    return torch.stack(deltas[::-1]), dh.view(state_shape), dc.view(state_shape)
 
 
 def weight_gradient(
-    deltas: torch.Tensor, h0: torch.Tensor, outputs: torch.Tensor, masks: InStepMasks
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(d gx, dU) from the window's δ: dU = Σ_t δ_tᵀ (h_{t-1} ∘ z_h), one product over all
-    T·B rows (per gate, as a batched product, when untied), accumulated in fp32."""
-    steps, batch, hidden = outputs.shape
-    h_prev = torch.cat((h0.unsqueeze(0).to(outputs.dtype), outputs[:-1]))  # (T, B, H)
+    deltas: torch.Tensor, hz: torch.Tensor, untied: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(d gx, dU, d b) from the δ of the steps: dU = Σ_t δ_tᵀ (h_{t-1} ∘ z_h), one product
+    over all T·B rows (per gate, as a batched product, when untied), and d b = Σ_t Σ_b δ_t,
+    both accumulated in fp32 whatever the autocast outside."""
     wide = torch.promote_types(deltas.dtype, torch.float32)
-    if masks.untied:
-        hz = (h_prev.unsqueeze(1) * masks.hidden).transpose(0, 1).reshape(4, steps * batch, hidden)
-        d_weight = torch.bmm(
-            deltas.transpose(0, 1).reshape(4, steps * batch, hidden).transpose(1, 2).to(wide),
-            hz.to(wide),
-        ).reshape(4 * hidden, hidden)
-        return deltas, d_weight
-    hz = h_prev if masks.hidden is None else h_prev * masks.hidden
-    d_gx = deltas.reshape(steps, batch, 4 * hidden)
-    rows = d_gx.reshape(steps * batch, 4 * hidden).to(wide)
-    d_weight = rows.t() @ hz.reshape(steps * batch, hidden).to(wide)
-    return d_gx, d_weight
+    with torch.autocast(deltas.device.type, enabled=False):
+        if untied:  # deltas (T, 4, B, H), hz (T, 4, B, H)
+            steps, _, batch, hidden = deltas.shape
+            rows = deltas.transpose(0, 1).reshape(4, steps * batch, hidden).to(wide)
+            inputs = hz.transpose(0, 1).reshape(4, steps * batch, hidden).to(wide)
+            d_weight = torch.bmm(rows.transpose(1, 2), inputs).reshape(4 * hidden, hidden)
+            return deltas, d_weight, rows.sum(1).reshape(4 * hidden)
+        steps, batch, _, hidden = deltas.shape  # (T, B, 4, H)
+        d_gx = deltas.reshape(steps, batch, 4 * hidden)
+        rows = d_gx.reshape(steps * batch, 4 * hidden).to(wide)
+        d_weight = rows.t() @ hz.reshape(steps * batch, hidden).to(wide)
+        return d_gx, d_weight, rows.sum(0)
 
 
 class _Autocast(NamedTuple):
@@ -398,17 +440,26 @@ class _Autocast(NamedTuple):
         return torch.autocast(self.device_type, dtype=self.dtype, enabled=on)
 
 
-_ZEROS: dict[tuple[torch.Size, torch.dtype, torch.device], torch.Tensor] = {}
+_ZEROS: dict[tuple[str, torch.Size, torch.dtype, torch.device], torch.Tensor] = {}
 
 
-def _zeros(like: torch.Tensor) -> torch.Tensor:
-    """Zeros shaped as ``like``, made once per shape and read only: the gradient of a
-    final state that the loss does not use (the trainer detaches it), without an operator
-    per step."""
-    key = (like.shape, like.dtype, like.device)
+def _zeros(name: str, shape: torch.Size, like: torch.Tensor) -> torch.Tensor:
+    """Zeros of ``shape`` with ``like``'s dtype and device, made once per (``name``, shape)
+    and read only: the gradient of a final state that the loss does not use (the trainer
+    detaches it), without an operator per step. The name keeps dh and dc two tensors:
+    compiled code given one tensor twice guards on it (a recompilation when they differ)."""
+    key = (name, shape, like.dtype, like.device)
     if key not in _ZEROS:
-        _ZEROS[key] = torch.zeros_like(like, memory_format=torch.contiguous_format)
+        _ZEROS[key] = torch.zeros(shape, dtype=like.dtype, device=like.device)
     return _ZEROS[key]
+
+
+def _total(parts: list[torch.Tensor]) -> torch.Tensor:
+    """The sum of the blocks' parts of one gradient (one block: itself)."""
+    total = parts[0]
+    for part in parts[1:]:
+        total = total + part
+    return total
 
 
 class _RecurrenceFunction(torch.autograd.Function):
@@ -420,6 +471,8 @@ class _RecurrenceFunction(torch.autograd.Function):
         h0: torch.Tensor,
         c0: torch.Tensor,
         weight_hh: torch.Tensor,
+        bias_ih: Mask,
+        bias_hh: Mask,
         *masks_and_flag: Any,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         *flat_masks, memory = masks_and_flag  # flat, so that autograd sees every tensor
@@ -434,14 +487,17 @@ class _RecurrenceFunction(torch.autograd.Function):
                 weight_hh,
                 masks.steps(first, stop),
                 memory,
+                bias_ih,
+                bias_hh,
             )
             pieces.append(out)
-            saved.extend(kept)  # gates, c_prev, tau of the block
+            saved.extend(kept)  # gates, c_prev, tau, hz of the block
         outputs = pieces[0] if len(pieces) == 1 else torch.cat(pieces)
         ctx.impl, ctx.memory, ctx.spans = impl, memory, spans
         ctx.mask_count = len(flat_masks)
+        ctx.shapes = (outputs.shape, h0.shape)
         ctx.autocast = _Autocast.current(gx)
-        ctx.save_for_backward(h0, outputs, weight_hh, *flat_masks, *saved)
+        ctx.save_for_backward(weight_hh, *flat_masks, *saved)
         ctx.set_materialize_grads(False)  # an unused final state's gradient: _zeros, kept
         return outputs, h.clone(), c
 
@@ -449,31 +505,36 @@ class _RecurrenceFunction(torch.autograd.Function):
     def backward(  # type: ignore[override]
         ctx: Any, d_outputs: torch.Tensor, d_h: torch.Tensor, d_c: torch.Tensor
     ) -> tuple[Any, ...]:
-        h0, outputs, weight_hh, *rest = ctx.saved_tensors
+        weight_hh, *rest = ctx.saved_tensors
         masks = InStepMasks(*rest[: ctx.mask_count])
         saved = rest[ctx.mask_count :]
-        d_outputs = (_zeros(outputs) if d_outputs is None else d_outputs).contiguous()
-        d_h = _zeros(h0) if d_h is None else d_h
-        d_c = _zeros(h0) if d_c is None else d_c
-        deltas: list[torch.Tensor] = []
-        dh, dc = d_h, d_c
+        out_shape, state_shape = ctx.shapes
+        d_outputs = _zeros("outputs", out_shape, weight_hh) if d_outputs is None else d_outputs
+        d_outputs = d_outputs.contiguous()
+        dh = _zeros("h", state_shape, weight_hh) if d_h is None else d_h
+        dc = _zeros("c", state_shape, weight_hh) if d_c is None else d_c
+        parts: list[tuple[torch.Tensor, ...]] = []
         with ctx.autocast():  # the step's products at the forward's precision
             for index in range(len(ctx.spans) - 1, -1, -1):
                 first, stop = ctx.spans[index]
-                delta, dh, dc = ctx.impl._run(
+                d_gx, dh, dc, *sums = ctx.impl._run(
                     "backward",
                     piece(d_outputs, first, stop),
                     *_state(dh, dc),
-                    *(whole(t) for t in saved[3 * index : 3 * index + 3]),
+                    *(whole(t) for t in saved[4 * index : 4 * index + 4]),
                     weight_hh,
                     masks.steps(first, stop),
                     ctx.memory,
                 )
-                deltas.append(delta)
-        all_deltas = deltas[0] if len(deltas) == 1 else torch.cat(deltas[::-1])
-        with ctx.autocast(enabled=False):  # Σ over T·B rows in fp32
-            d_gx, d_weight = weight_gradient(all_deltas, h0, outputs, masks)
-        return (None, d_gx, dh, dc, d_weight, *([None] * (ctx.mask_count + 1)))
+                parts.append((d_gx, *sums))
+        d_gx, d_weight, d_bias_ih, d_bias_hh = (
+            list(part) for part in zip(*parts[::-1], strict=True)
+        )
+        d_gx = d_gx[0] if len(d_gx) == 1 else torch.cat(d_gx)
+        grads = [_total(d_weight), _total(d_bias_ih), _total(d_bias_hh)]
+        needs = ctx.needs_input_grad[4:7]
+        grads = [grad if need else None for grad, need in zip(grads, needs, strict=True)]
+        return (None, d_gx, dh, dc, *grads, *([None] * (ctx.mask_count + 1)))
 
 
 def _own_copy(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -493,7 +554,7 @@ def _own_copy(fn: Callable[..., Any]) -> Callable[..., Any]:
 #: and the forward without a graph (evaluation).
 _ROLES: dict[str, Callable[..., Any]] = {
     "forward": forward_saving,
-    "backward": backward_steps,
+    "backward": backward_through_time,
     "infer": recurrence,
 }
 
@@ -524,9 +585,11 @@ class Recurrence:
     the ladder :func:`block_lengths` (``block``, then 5, then 1), as many of the longest
     as fit, carrying (h, c) from one to the next: the same equations in the same order,
     and code that depends only on the block lengths, so variable BPTT, a short last window
-    and evaluation reuse the same few compilations. The weight gradient stays one
-    product over the whole window. Each (role, block length) compiles its own copy of
-    the function: its own cache and recompile limit.
+    and evaluation reuse the same few compilations. The backward of each block returns
+    its d gx, its product for dU and its sums for the biases (one product over the
+    block's K·B rows; a window of one block, the usual case, has one), which the window
+    adds. Each (role, block length) compiles its own copy of the function: its own cache
+    and recompile limit.
 
     Layers giving the same ``key`` (their configuration) share the compiled functions.
     If compilation gives up (the recompile limit is hit), the recurrence logs a warning
@@ -609,6 +672,8 @@ class Recurrence:
         weight_hh: torch.Tensor,
         masks: InStepMasks,
         memory: MemoryForm,
+        bias_ih: Mask = None,
+        bias_hh: Mask = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """:func:`recurrence` without a graph (evaluation), block by block when compiled."""
         pieces, h, c = [], h.detach(), c.detach()
@@ -620,6 +685,8 @@ class Recurrence:
                 weight_hh,
                 masks.steps(first, stop),
                 memory,
+                bias_ih,
+                bias_hh,
             )
             pieces.append(out)
         return (pieces[0] if len(pieces) == 1 else torch.cat(pieces)), h, c
@@ -632,14 +699,11 @@ class Recurrence:
         weight_hh: torch.Tensor,
         masks: InStepMasks,
         memory: MemoryForm,
+        bias_ih: Mask = None,
+        bias_hh: Mask = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Same inputs and outputs as :func:`recurrence`, differentiable."""
+        """Same inputs and outputs as :func:`recurrence`, differentiable (in the biases
+        too, when given)."""
         return _RecurrenceFunction.apply(
-            self,
-            gx,
-            h,
-            c,
-            weight_hh,
-            *masks,
-            memory,
+            self, gx, h, c, weight_hh, bias_ih, bias_hh, *masks, memory
         )

@@ -393,7 +393,8 @@ def _draw_one(
     dtype: torch.dtype,
     gates: int = 4,
 ) -> torch.Tensor:
-    """One draw of ``mask`` from the one mask helper."""
+    """One draw of ``mask`` from the one mask helper; an activation mask, which the
+    compiled loop may take, as a tensor of its own."""
     if mask.units is Units.weight_hh:
         hidden = sizes[Units.hidden]
         return draw_mask(
@@ -408,4 +409,5 @@ def _draw_one(
         scale=mask.scaled,
         device=device,
         dtype=dtype,
+        own_storage=True,
     )

@@ -62,7 +62,7 @@ def embed_with_type_dropout(
             else held_or_drawn(held, "embedding", granularity, lambda: draw((columns, vocab)))
         )
         assert rows is not None
-        z = rows[torch.arange(columns, device=tokens.device), tokens]
+        z = rows[_columns(columns, tokens.device), tokens]
     else:
         types = (
             mask
@@ -75,3 +75,15 @@ def embed_with_type_dropout(
         replica = torch.arange(columns, device=tokens.device) // (columns // types.size(0))
         z = types[replica.expand_as(tokens), tokens]
     return embedded * z.unsqueeze(-1)
+
+
+_COLUMNS: dict[tuple[int, torch.device], torch.Tensor] = {}
+
+
+def _columns(count: int, device: torch.device) -> torch.Tensor:
+    """0, 1, …, count − 1 on ``device``, made once per (count, device) and read only: the
+    row of each token's mask, without an operator per step."""
+    key = (count, device)
+    if key not in _COLUMNS:
+        _COLUMNS[key] = torch.arange(count, device=device)
+    return _COLUMNS[key]

@@ -72,9 +72,13 @@ def draw_mask(
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
     generator: torch.Generator | None = None,
+    own_storage: bool = False,
 ) -> torch.Tensor:
     """A mask ``z`` of ``shape``: P(z = 0) = p, else z = 1, or 1/(1-p) when ``scale``.
 
+    ``own_storage``: a tensor of its own, never a view into a pooled draw
+    (rnnreg/model/regularizers/pool.py), for a mask that compiled code takes as input (a
+    view would carry its storage offset into the compiled code's guards).
     Never ``bernoulli_``, several times slower on a CPU: see :func:`keep_from_bits`.
     """
     check_rate(p)
@@ -88,7 +92,7 @@ def draw_mask(
         return unpooled()
     from rnnreg.model.regularizers.pool import Draw
 
-    return _DRAWING[-1].draw(Draw(tuple(shape), p, scale, dtype, device), unpooled)
+    return _DRAWING[-1].draw(Draw(tuple(shape), p, scale, dtype, device, own_storage), unpooled)
 
 
 def scaled(keep: torch.Tensor, p: float, scale: bool, dtype: torch.dtype) -> torch.Tensor:
@@ -124,8 +128,10 @@ def draw_activation_mask(
     scale: bool = True,
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
+    own_storage: bool = False,
 ) -> torch.Tensor:
-    """A mask for activations of ``shape`` = (T, B, m) at ``granularity``.
+    """A mask for activations of ``shape`` = (T, B, m) at ``granularity`` (``own_storage``:
+    see :func:`draw_mask`).
 
     ``gates`` inserts a gate dimension after time, one independent mask per gate:
     (T|1, gates, B|1, m). ``replicas`` = R > 1 says that the batch holds R independent
@@ -139,7 +145,7 @@ def draw_activation_mask(
     time_dim = steps if granularity is Granularity.step else 1
     row_dim = replicas if granularity is Granularity.batch else rows
     core = (time_dim, row_dim, units) if gates is None else (time_dim, gates, row_dim, units)
-    mask = draw_mask(core, p, scale=scale, device=device, dtype=dtype)
+    mask = draw_mask(core, p, scale=scale, device=device, dtype=dtype, own_storage=own_storage)
     if granularity is Granularity.batch and replicas > 1:
         per_replica = mask.unsqueeze(-2).expand(*core[:-1], rows // replicas, units)
         mask = per_replica.reshape(*core[:-2], rows, units)

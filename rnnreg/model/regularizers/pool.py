@@ -7,14 +7,15 @@ shape draws (shape, rate, scaling, in drawing order), recorded once
 (:func:`recording`); :func:`pooled` then draws them together:
 
     w = one random draw for every mask,  keep = w >= θ  (θ: each entry's own mask's),
-    z_k = keep[span_k] · s_k                            (s_k = 1/(1-p_k), or 1)
+    v = keep · s                          (s: each entry's own mask's 1/(1-p), or 1)
+    z_k = v[span_k]                       (a view), or keep[span_k] · s_k (its own tensor)
 
-two operators for all the masks and one scale per mask, each mask a tensor of its own
-(a view into a shared buffer would carry its storage offset into the compiled loop's
-guards). On a CPU the words are the 64-bit integers the masks drew one by one
-(``keep_from_bits`` in rnnreg/model/regularizers/masks.py), in the same order, each mask
-starting at a fresh integer: the CPU generator draws them in sequence, so the masks are
-the same to the bit
+three operators for the masks applied outside compiled code, and one more for each mask
+that compiled code takes as input (``own_storage``: the in-step masks): a view into the
+shared buffer would carry its storage offset into the compiled loop's guards. On a CPU
+the words are the 64-bit integers the masks drew one by one (``keep_from_bits`` in
+rnnreg/model/regularizers/masks.py), in the same order, each mask starting at a fresh
+integer: the CPU generator draws them in sequence, so the masks are the same to the bit
 (tests/test_masks.py). On a GPU they come from one ``torch.rand``: the same distribution,
 another stream, the same one on every run and resume (the plan is recorded with the
 generators' state put back, so a resumed run pools its first window as the uninterrupted
@@ -42,6 +43,7 @@ class Draw:
     scale: bool
     dtype: torch.dtype
     device: torch.device
+    own_storage: bool = False
 
     @property
     def count(self) -> int:
@@ -62,7 +64,9 @@ class Recorder:
 class MaskPlan:
     """The masks of one forward pass and where each lies in the one draw: a span of
     16-bit words (CPU, a multiple of 4: each mask starts at a fresh 64-bit integer) or of
-    uniforms (GPU), and the threshold of each entry (one number when the rates agree)."""
+    uniforms (GPU), the threshold of each entry (one number when the rates agree) and,
+    when more than one mask of one dtype is applied outside compiled code, the scale of
+    each entry (:attr:`scales`)."""
 
     def __init__(self, draws: list[Draw]) -> None:
         self.draws = tuple(draws)
@@ -74,12 +78,20 @@ class MaskPlan:
             self.spans.append((start, draw.count))
             start += -(-draw.count // unit) * unit
         self.entries = start
-        levels = [self._threshold(d.p) for d in self.draws]
+        ends = [s for s, _ in self.spans[1:]] + [self.entries] * bool(self.spans)
+        sizes = tuple(end - s for (s, _), end in zip(self.spans, ends, strict=True))
+        levels = tuple(self._threshold(d.p) for d in self.draws)
         self.threshold: float | torch.Tensor = levels[0] if len(set(levels)) == 1 else 0.0
         if len(set(levels)) > 1:
-            ends = [s for s, _ in self.spans[1:]] + [self.entries]
-            sizes = [end - s for (s, _), end in zip(self.spans, ends, strict=True)]
-            self.threshold = _thresholds(tuple(levels), tuple(sizes), self.bits, self.device)
+            kind = torch.int16 if self.bits else torch.float32
+            self.threshold = _per_entry(levels, sizes, kind, self.device)
+        viewed = [d for d in self.draws if not d.own_storage]
+        #: Each entry's 1/(1-p) (or 1), for the masks that may be views into one scaled
+        #: buffer: more than one, of one dtype; else None (each mask scaled on its own).
+        self.scales: torch.Tensor | None = None
+        if len(viewed) > 1 and len({d.dtype for d in viewed}) == 1:
+            factors = tuple(0.0 if d.own_storage else _factor(d) for d in self.draws)
+            self.scales = _per_entry(factors, sizes, viewed[0].dtype, self.device)
 
     @property
     def poolable(self) -> bool:
@@ -97,28 +109,48 @@ class MaskPlan:
             keep = words.view(torch.int16) >= self.threshold
         else:
             keep = torch.rand(self.entries, device=self.device) >= self.threshold
-        return [
-            mask_helper.scaled(keep[start : start + count].view(d.shape), d.p, d.scale, d.dtype)
-            for (start, count), d in zip(self.spans, self.draws, strict=True)
-        ]
+        values = None if self.scales is None else keep * self.scales
+        masks = []
+        for (start, _), d in zip(self.spans, self.draws, strict=True):
+            if values is not None and not d.own_storage:
+                masks.append(_part(values, start, d.shape))
+            else:
+                masks.append(mask_helper.scaled(_part(keep, start, d.shape), d.p, d.scale, d.dtype))
+        return masks
 
 
-#: Per-entry thresholds by content: plans of different window shapes whose masks do not
-#: depend on the window's length (AWD-LSTM's variable BPTT: weight and sequence masks)
-#: share one tensor instead of holding a weight-sized copy each.
-_THRESHOLDS: dict[tuple[object, ...], torch.Tensor] = {}
+def _factor(draw: Draw) -> float:
+    """A kept entry's value: 1/(1-p) when scaled, else 1."""
+    return 1.0 / (1.0 - draw.p) if draw.scale else 1.0
 
 
-def _thresholds(
-    levels: tuple[float, ...], sizes: tuple[int, ...], bits: bool, device: torch.device
+def _part(buffer: torch.Tensor, start: int, shape: tuple[int, ...]) -> torch.Tensor:
+    """Entries ``start ..`` of a flat ``buffer`` as a contiguous view of ``shape``: one
+    operator (``as_strided``), where a slice and a view are two."""
+    strides, step = [], 1
+    for size in reversed(shape):
+        strides.append(step)
+        step *= size
+    return buffer.as_strided(shape, tuple(reversed(strides)), start)
+
+
+#: Per-entry thresholds and scales by content: plans of different window shapes whose
+#: masks do not depend on the window's length (AWD-LSTM's variable BPTT: weight and
+#: sequence masks) share one tensor instead of holding a weight-sized copy each.
+_PER_ENTRY: dict[tuple[object, ...], torch.Tensor] = {}
+
+
+def _per_entry(
+    levels: tuple[float, ...], sizes: tuple[int, ...], dtype: torch.dtype, device: torch.device
 ) -> torch.Tensor:
-    """Each mask's threshold repeated over its span (words or uniforms), made once."""
-    key = (levels, sizes, bits, device)
-    if key not in _THRESHOLDS:
-        kind = torch.int16 if bits else torch.float32
-        per_mask = torch.tensor(levels, dtype=kind, device=device)
-        _THRESHOLDS[key] = per_mask.repeat_interleave(torch.tensor(sizes, device=device))
-    return _THRESHOLDS[key]
+    """Each mask's level repeated over its span (words or uniforms), made once. A float
+    level is rounded as a scalar operator rounds it (through fp32 for a narrower dtype)."""
+    key = (levels, sizes, dtype, device)
+    if key not in _PER_ENTRY:
+        wide = torch.promote_types(dtype, torch.float32) if dtype.is_floating_point else dtype
+        per_mask = torch.tensor(levels, dtype=wide, device=device).to(dtype)
+        _PER_ENTRY[key] = per_mask.repeat_interleave(torch.tensor(sizes, device=device))
+    return _PER_ENTRY[key]
 
 
 class Pool:
