@@ -153,13 +153,16 @@ ledger-runs: $(STAMP) ## the ledger's rows in order (seed 1) in LEDGER_DIR ($$RN
 		if [ $$rc -ne 0 ]; then echo "$$name: stopped (exit $$rc); run make ledger-runs again to resume it"; exit $$rc; fi; \
 	done
 
-compare-small: $(STAMP) ## LSTM vs GRU, plain vs fd/eld on the small preset (13 epochs) x COMPARE_SEEDS, one run at a time in COMPARE_DIR (resumed; finished runs skipped); COMPARE_ARGS more overrides; then make report OUTPUTS=<COMPARE_DIR>
+compare-small: $(STAMP) ## LSTM vs GRU, plain vs fd/eld on the small preset (13 epochs) x COMPARE_SEEDS, one run at a time in COMPARE_DIR (resumed; finished runs skipped), each recorded in the ledger as compare_<row>; COMPARE_ARGS more overrides; then make report OUTPUTS=<COMPARE_DIR>
 	@for seed in $$(echo $(COMPARE_SEEDS) | tr , ' '); do for row in $(COMPARE_ROWS); do \
-		set -- $$row; name=$$(echo "$$*" | tr ' =.' '__-')_s$$seed; \
-		echo "$$name: $(abspath $(COMPARE_DIR))/$$name"; \
-		$(PY) -m rnnreg.train experiment=zaremba_small variant=$$1 "$${@:2}" seed=$$seed \
+		set -- $$row; name=$$(echo "$$*" | tr ' =.' '__-')_s$$seed; dir=$(abspath $(COMPARE_DIR))/$$name; \
+		echo "$$name: $$dir"; \
+		rc=0; $(PY) -m rnnreg.train experiment=zaremba_small variant=$$1 "$${@:2}" seed=$$seed \
 			trainer.threads=$(COMPARE_THREADS) trainer.auto_resume=true trainer.progress=log \
-			$(COMPARE_ARGS) hydra.run.dir=$(abspath $(COMPARE_DIR))/$$name || exit 1; \
+			$(COMPARE_ARGS) hydra.run.dir=$$dir || rc=$$?; \
+		if [ -f $$dir/summary.json ]; then \
+			$(PY) -m rnnreg.ledger record $$dir --name compare_$$name --stopped "exit $$rc"; fi; \
+		if [ $$rc -ne 0 ]; then echo "$$name: stopped (exit $$rc); run make compare-small again to resume it"; exit $$rc; fi; \
 	done; done
 
 report: $(STAMP) ## the perplexity table of every run under outputs/ (or OUTPUTS=dir), with CIs and tests vs REFERENCE (none)
