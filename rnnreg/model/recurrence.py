@@ -148,10 +148,10 @@ def _masked_hidden(h: torch.Tensor, z_h: Mask, untied: bool) -> torch.Tensor:
 
 
 def _step_bias(bias_ih: Mask, bias_hh: Mask, untied: bool) -> Mask:
-    """b = b_ih + b_hh, added at every step (None: gx already holds it); (4, 1, H) when
-    untied."""
+    """b = b_ih + b_hh, added at every step (None when not given: gx already holds it);
+    (4, 1, H) when untied. The layer gives both or neither."""
     if bias_ih is None or bias_hh is None:
-        return bias_ih if bias_hh is None else bias_hh
+        return None
     bias = bias_ih + bias_hh
     return bias.view(4, 1, -1) if untied else bias
 
@@ -331,8 +331,8 @@ def backward_through_time(
         d_outputs, d_h, d_c, gates, c_prev, tau, weight_hh, masks, memory
     )
     d_gx, d_weight, d_bias = weight_gradient(deltas, hz, masks.untied)
+    # two tensors: autograd would copy one gradient given to two parameters, on the host
     return d_gx, dh, dc, d_weight, d_bias, d_bias.clone()
-
 
 
 def backward_steps(
