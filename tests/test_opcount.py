@@ -22,6 +22,20 @@ def test_views_and_no_op_casts_are_dispatches_but_not_compute() -> None:
     assert counts.names == {"aten::add": 2, "aten::to": 2, "aten::gt": 2, "aten::where": 2}
 
 
+def test_a_reshape_is_compute_only_when_it_copies() -> None:
+    x = torch.randn(4, 5, 6)
+
+    def step() -> None:
+        x.reshape(20, 6)  # a view: a dispatch only
+        x.transpose(0, 1).reshape(20, 6)  # transpose: a view; reshape: a copy (clone)
+        x.transpose(0, 1).flatten(0, 1)  # the same copy through flatten
+
+    counts = count_operators(step, steps=2)
+    assert counts.per_step(counts.dispatches) == 5
+    assert counts.per_step(counts.compute) == 2
+    assert counts.names == {"aten::reshape": 2, "aten::flatten": 2}
+
+
 def test_a_compiled_graph_call_is_counted_apart() -> None:
     compiled = torch.compile(lambda a: (a * 2).sin() + 1)
     a = torch.randn(8)

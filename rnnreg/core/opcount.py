@@ -5,7 +5,7 @@
   the host a few microseconds whatever it does; in a launch-bound GPU step the GPU waits
   on them, so views and no-op casts count here too.
 * **compute operators**: those dispatches less the view, alias and metadata operators
-  (:data:`METADATA`), the ``to``/``contiguous`` calls that copy nothing, and the
+  (:data:`METADATA`), the ``to``/``contiguous``/``reshape`` calls that copy nothing, and the
   compiled-graph calls, counted apart: roughly what a GPU launches (an ``aten::lstm``
   launches several kernels, a compiled graph its own: on a GPU count kernels instead).
 * **CUDA kernels**: the kernel events on a CUDA device, when the profiler saw any.
@@ -25,7 +25,7 @@ from torch.profiler import ProfilerActivity, profile
 METADATA = frozenset(
     "aten::" + name
     for name in (
-        "detach detach_ view reshape _reshape_alias t transpose slice select unsqueeze squeeze "
+        "detach detach_ view _reshape_alias t transpose slice select unsqueeze squeeze "
         "expand expand_as as_strided alias permute empty empty_like empty_strided new_empty "
         "new_empty_strided unbind split "
         "chunk narrow _unsafe_view lift_fresh resolve_conj resolve_neg numpy_T view_as "
@@ -33,8 +33,14 @@ METADATA = frozenset(
     ).split()
 )
 
-#: Operators that copy only when they must: compute when they called a copy.
-MAYBE_COPY = {"aten::to": "aten::_to_copy", "aten::contiguous": "aten::clone"}
+#: Operators that copy only when they must: compute when they called a copy (a ``reshape``
+#: or ``flatten`` of a tensor no view can give clones it, a kernel on a GPU).
+MAYBE_COPY = {
+    "aten::to": "aten::_to_copy",
+    "aten::contiguous": "aten::clone",
+    "aten::reshape": "aten::clone",
+    "aten::flatten": "aten::clone",
+}
 
 #: Profiler events that stand for a compiled graph's call.
 COMPILED = ("CompiledFunction", "Torch-Compiled Region")
@@ -65,7 +71,7 @@ def _aten_parent(event: Any) -> bool:
 
 
 def _copies(event: Any) -> bool:
-    """Whether a ``to``/``contiguous`` call copied (called its copy operator)."""
+    """Whether a ``to``/``contiguous``/``reshape`` call copied (called its copy operator)."""
     wanted = MAYBE_COPY[event.name]
     return any(child.name == wanted for child in event.cpu_children)
 

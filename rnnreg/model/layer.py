@@ -212,7 +212,9 @@ class RecurrentLayer(nn.Module):
                 gx = gx.view(steps, batch, gates, size).transpose(1, 2).contiguous()
             return gx
         steps, _, batch, _ = x.shape
-        masked = x.expand(steps, gates, batch, self.input_size).transpose(0, 1)
+        if x.size(1) != gates:  # one input for every gate
+            x = x.expand(steps, gates, batch, self.input_size)
+        masked = x.transpose(0, 1)
         w_gates = weight.view(gates, size, self.input_size).transpose(1, 2)
         per_gate = torch.bmm(masked.reshape(gates, steps * batch, self.input_size), w_gates)
         per_gate = per_gate.view(gates, steps, batch, size)

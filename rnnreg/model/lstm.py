@@ -91,12 +91,20 @@ class LSTMLayer(RecurrentLayer):
     def _input_bias(self) -> torch.Tensor:
         return self.lstm.bias_ih_l0 + self.lstm.bias_hh_l0
 
+    @staticmethod
+    def _gated_inputs(x: torch.Tensor, z_x: torch.Tensor) -> torch.Tensor:
+        """x_t ∘ z_k for every gate k: (T, 4, B, n), a view of a gate-first product. With a
+        per-sequence z_x (1, 4, B, n) the product is laid out (4, T, B, n), the layout of
+        the batched product over gates (RecurrentLayer._input_products), so neither the
+        product nor its backward copies the inputs once more."""
+        return (x.unsqueeze(0) * z_x.transpose(0, 1)).transpose(0, 1)
+
     def _loop(
         self, x: torch.Tensor, state: LayerState, masks: StepMasks, weight_hh: torch.Tensor
     ) -> tuple[torch.Tensor, LayerState]:
         # an untied z_h runs the step gate-major, (T, 4, B, H); else (T, B, 4H)
         gate_major = masks.hidden is not None and masks.hidden.dim() == 4
-        x_in = x if masks.input is None else x.unsqueeze(1) * masks.input  # (T, 4, B, n)
+        x_in = x if masks.input is None else self._gated_inputs(x, masks.input)
         gx = self._input_products(x_in, gate_major, with_bias=False)  # W x; b at each step
         h0, c0 = state
         assert isinstance(self._trained, Recurrence)
