@@ -18,6 +18,7 @@ def _timed(
     seed: int,
     curve: list[tuple[float, float]],
     cpu: str = "Intel(R) Xeon(R) Processor",
+    machines: list[str] | None = None,
 ) -> None:
     """A finished run whose epochs ended at the given (elapsed seconds, val ppl)."""
     fake_run(
@@ -32,6 +33,8 @@ def _timed(
     summary_path = root / name / "summary.json"
     summary = json.loads(summary_path.read_text())
     summary.update(cpu_model=cpu, threads=1, device="cpu")
+    if machines is not None:
+        summary["machines"] = machines
     summary_path.write_text(json.dumps(summary))
     with open(root / name / "metrics.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
@@ -70,3 +73,22 @@ def test_runs_that_do_not_record_their_machine_are_not_compared(tmp_path: Path) 
     fake_run(tmp_path, "g1", variant="gal", seed=1, val=110.0, test=100.0)
     [(machine, rows)] = equal_time_rows(group_runs(find_runs(tmp_path))).values()
     assert rows == [] and machine == "not shown: a run does not record its machine and threads"
+
+
+def test_a_run_resumed_on_another_machine_is_not_timed_against_the_others(
+    tmp_path: Path,
+) -> None:
+    xeon = "Intel(R) Xeon(R) Processor, 1 thread(s)"
+    _timed(tmp_path, "z1", "zaremba", 1, [(100, 150)], machines=[xeon])
+    _timed(tmp_path, "g1", "gal", 1, [(200, 140)], machines=[xeon, "AMD EPYC 7B13, 1 thread(s)"])
+    [(machine, rows)] = equal_time_rows(group_runs(find_runs(tmp_path))).values()
+    assert rows == [] and machine.startswith("not shown: the runs come from 2 machines")
+    assert f"{xeon} then AMD EPYC 7B13, 1 thread(s)" in machine
+
+
+def test_runs_that_record_one_machine_each_are_compared(tmp_path: Path) -> None:
+    xeon = "Intel(R) Xeon(R) Processor, 1 thread(s)"
+    _timed(tmp_path, "z1", "zaremba", 1, [(100, 150)], machines=[xeon])
+    _timed(tmp_path, "g1", "gal", 1, [(200, 140)], machines=[xeon])
+    [(machine, rows)] = equal_time_rows(group_runs(find_runs(tmp_path))).values()
+    assert machine == f"{xeon}; T = 0.03 h" and len(rows) == 2

@@ -128,6 +128,21 @@ def test_resuming_may_extend_the_run_and_change_how_it_runs(make_config, tmp_pat
     assert summary["status"] == "completed" and summary["steps"] == 6
 
 
+def test_each_process_that_trained_a_run_is_recorded_with_its_machine(
+    make_config, tmp_path: Path, monkeypatch
+) -> None:
+    import rnnreg.training.trainer as trainer_module
+
+    run_dir, steps = tmp_path / "run", iter((3, 6, 9))
+    for machine in ("Intel Xeon, 2 thread(s)", "AMD EPYC, 2 thread(s)", "AMD EPYC, 2 thread(s)"):
+        monkeypatch.setattr(trainer_module, "this_machine", lambda device, m=machine: m)
+        resume = ["trainer.resume=true"] if run_dir.exists() else []
+        config = make_config("variant=zaremba", f"trainer.max_steps={next(steps)}", *resume)
+        summary = Trainer(config, run_dir).fit()
+    assert summary["steps"] == 9
+    assert summary["machines"] == ["Intel Xeon, 2 thread(s)", "AMD EPYC, 2 thread(s)"]
+
+
 def test_a_full_disk_is_one_line_and_leaves_no_half_written_file(
     make_config, tmp_path: Path, monkeypatch
 ) -> None:

@@ -9,7 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from rnnreg.reporting.ledger import difference, entry_from_run, record, verdict, write_table
+from rnnreg.reporting.ledger import (
+    difference,
+    entry_from_run,
+    machine_cell,
+    record,
+    verdict,
+    write_table,
+)
 from rnnreg.reporting.lua_validation import lua_windows, per_token_from_printed
 
 #: PTB validation rows at batch 20 less one (3,688 - 1): the steps run_valid() can predict.
@@ -237,3 +244,18 @@ def test_make_ledger_runs_keeps_its_runs_under_rnnreg_outputs(tmp_path: Path) ->
     assert f"{tmp_path}/ledger/" in shown and "/outputs/ledger" not in shown
     assert "moon_embedding_medium" in shown and "rnnreg.ledger where" in shown
     assert "|| rc=$?" in shown and '--stopped "exit $rc"' in shown
+
+
+def test_a_row_resumed_on_other_machines_names_each_of_them(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    run_dir = fake_run(tmp_path, "running", 120.0, None, 3)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    summary["machines"] = ["Intel Xeon, 2 thread(s)", "AMD EPYC, 2 thread(s)"]
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+    record(run_dir, "zaremba_medium_moved", results=results)
+    in_progress = write_table(results).read_text().split("## In progress")[1]
+    row = next(line for line in in_progress.splitlines() if "zaremba_medium_moved" in line)
+    assert "cpu, fp32, Intel Xeon, 2 thread(s) then AMD EPYC, 2 thread(s) |" in row
+    assert machine_cell({"cpu_model": "AMD EPYC", "machines": ["AMD EPYC, 1 thread(s)"]}) == (
+        "AMD EPYC"
+    )

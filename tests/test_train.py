@@ -388,3 +388,19 @@ def test_the_test_split_is_scored_once_when_the_best_epoch_is_the_last(
     assert summary["best_epoch"] == summary["epochs"] == 1
     assert passes == [1]  # the test split (batch 1), once
     assert summary["test_ppl_best"] == summary["test_ppl_final"] == summary["test_ppl"]
+
+
+def test_a_checkpoint_without_machines_says_its_earlier_processes_are_unrecorded() -> None:
+    from rnnreg.training.state import TrainingProgress
+
+    old = TrainingProgress(step=40, epochs_done=1).state_dict()
+    del old["machines"]  # written before the field existed
+    progress = TrainingProgress()
+    progress.load_state_dict(old)
+    progress.note_machine("AMD EPYC, 2 thread(s)")
+    assert progress.machines == ["unrecorded", "AMD EPYC, 2 thread(s)"]
+    fresh = TrainingProgress()
+    fresh.load_state_dict({**old, "step": 0})  # nothing trained before: nothing unrecorded
+    fresh.note_machine("AMD EPYC, 2 thread(s)")
+    fresh.note_machine("AMD EPYC, 2 thread(s)")
+    assert fresh.machines == ["AMD EPYC, 2 thread(s)"]

@@ -17,6 +17,7 @@ import math
 import statistics
 from typing import Any
 
+from rnnreg.records.provenance import machine_label
 from rnnreg.reporting.data import Group, Run, setting_of
 
 Row = dict[str, Any]
@@ -40,12 +41,16 @@ def best_within(run: Run, seconds: float) -> float | None:
 
 
 def _hardware(run: Run) -> str | None:
-    """The machine and thread count a run trained on; None when it does not record them."""
+    """The machine and thread count a run trained on (those of each process in turn, when
+    it was resumed elsewhere); None when it does not record them."""
     s = run.summary
-    name = s.get("device_name") if s.get("device") not in (None, "cpu") else s.get("cpu_model")
+    if s.get("machines"):
+        return " then ".join(s["machines"])
+    device = str(s.get("device")) if s.get("device") is not None else "cpu"
+    name = s.get("device_name") if device != "cpu" else s.get("cpu_model")
     if name is None or s.get("threads") is None:
         return None
-    return f"{name}, {s.get('threads')} thread(s)"
+    return machine_label(device, name, name, s.get("threads"))
 
 
 def _mean(values: list[float]) -> float | None:

@@ -140,6 +140,7 @@ def entry_from_run(run_dir: Path, note: str | None = None) -> dict[str, Any]:
         "device": summary.get("device_name") or summary.get("device"),
         "precision": run.precision,
         "cpu_model": summary.get("cpu_model"),
+        "machines": summary.get("machines"),
         "torch_version": summary.get("torch_version"),
         "git_commit": summary.get("git_commit"),
         "run_dir": str(run_dir),
@@ -154,6 +155,13 @@ def entry_from_run(run_dir: Path, note: str | None = None) -> dict[str, Any]:
         entry["projected_remaining_s"] = round(max(planned - epochs_done, 0) * seconds)
         entry["tokens_per_s"] = tokens_per_s
     return entry
+
+
+def machine_cell(entry: dict[str, Any]) -> str:
+    """The CPU a row ran on, or every machine and thread count in turn when its run was
+    resumed on others (``machines``, rnnreg/training/state.py)."""
+    machines = entry.get("machines") or []
+    return " then ".join(machines) if len(machines) > 1 else str(entry.get("cpu_model"))
 
 
 def recent_rate(rows: list[dict[str, str]]) -> tuple[float, float]:
@@ -312,7 +320,7 @@ def table_rows(entries: dict[str, dict[str, Any]]) -> list[list[str]]:
                     verdict([d_val, d_test], confidence, e.get("note")),
                     f"{float(e['wall_time_s']) / 3600:.1f} h" if e.get("wall_time_s") else "–",
                     _num(e.get("tokens_per_s"), 0),
-                    f"{e.get('device')}, {e.get('precision') or 'fp32'}, {e.get('cpu_model')}, "
+                    f"{e.get('device')}, {e.get('precision') or 'fp32'}, {machine_cell(e)}, "
                     f"torch {e.get('torch_version')}",
                 ]
             )
@@ -346,7 +354,7 @@ def partial_rows(entries: dict[str, dict[str, Any]]) -> list[list[str]]:
                 _num(e.get("best_val_ppl")),
                 f"{remaining / 3600:.1f} h at the last epochs' rate" if remaining else "–",
                 _num(e.get("tokens_per_s"), 0),
-                f"{e.get('device')}, {e.get('precision') or 'fp32'}, {e.get('cpu_model')}",
+                f"{e.get('device')}, {e.get('precision') or 'fp32'}, {machine_cell(e)}",
                 e.get("stopped") or "–",
                 e["recorded"],
             ]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from enum import Enum
 from typing import Any
 
@@ -50,9 +50,15 @@ class TrainingProgress:
     last_val_ppl: float = math.nan
     #: A fine-tuning stage that stopped improving (AWD's rule).
     finished: bool = False
+    #: Where each process that trained this run ran, in order, repeats merged
+    #: (:func:`~rnnreg.records.provenance.machine_label`): a run resumed on another
+    #: machine or thread count is not timed against the others (equal-time view).
+    machines: list[str] = field(default_factory=list)
 
     #: Fields that checkpoints written before they existed lack (their default is used).
-    ADDED_LATER = ("last_val_ppl",)
+    ADDED_LATER = ("last_val_ppl", "machines")
+    #: What ``machines`` says of the processes before a checkpoint that did not record them.
+    UNRECORDED = "unrecorded"
 
     def state_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -61,6 +67,13 @@ class TrainingProgress:
         for f in fields(self):
             if f.name in state or f.name not in self.ADDED_LATER:
                 setattr(self, f.name, state[f.name])
+        if "machines" not in state and self.step > 0:
+            self.machines = [self.UNRECORDED]
+
+    def note_machine(self, label: str) -> None:
+        """This process trains the run on ``label``'s machine (kept unless the last)."""
+        if not self.machines or self.machines[-1] != label:
+            self.machines.append(label)
 
     def start_epoch(self) -> None:
         self.epoch_nll, self.epoch_tokens, self.epoch_seconds = 0.0, 0, 0.0

@@ -69,6 +69,7 @@ def run_summary(
         "device_name": device_name(device),
         "cpu_model": cpu_model(),
         "threads": torch.get_num_threads(),
+        "machines": p.machines,
         **facts,
         "config": as_plain_dict(run),
     }

@@ -31,7 +31,7 @@ from rnnreg.model.lm import State
 from rnnreg.records.checkpoint import LAST
 from rnnreg.records.launch import LaunchRecord
 from rnnreg.records.loggers import open_tracker
-from rnnreg.records.provenance import git_commit
+from rnnreg.records.provenance import git_commit, this_machine
 from rnnreg.records.recorder import EpochRecord, IntervalMeter, RunRecorder, epoch_bar
 from rnnreg.training.checkpointing import best_weights, restore_last, save_best, save_last
 from rnnreg.training.parts import TrainedParts
@@ -244,6 +244,7 @@ class Trainer:
             self.restore()
         elif t.stage is Stage.finetune:
             self.parts.start_from_best(str(t.init_from))
+        self.progress.note_machine(this_machine(self.device))
         if self.launch is not None:
             self.launch.write(self.run_dir, resumed)
         tracker = open_tracker(self.run.logger, self.run_dir, as_plain_dict(self.run))
