@@ -54,17 +54,16 @@ def device_name(device: torch.device) -> str:
     return device.type
 
 
-def machine_label(device: str, name: str | None, cpu: str | None, threads: int | None) -> str:
+def machine_label(name: str, threads: int) -> str:
     """Where a stretch of training ran, as runs are compared (rnnreg/reporting/equal_time.py):
-    the GPU's name, or the CPU's model and its thread count."""
-    if device != "cpu" and name is not None:
-        return f"{name}, {threads} thread(s)"
-    return f"{cpu}, {threads} thread(s)"
+    the GPU's name, or the CPU's model, and the thread count."""
+    return f"{name}, {threads} thread(s)"
 
 
 def this_machine(device: torch.device) -> str:
-    """:func:`machine_label` of this process: its device, or CPU and thread count."""
-    return machine_label(device.type, device_name(device), cpu_model(), torch.get_num_threads())
+    """:func:`machine_label` of this process: its GPU, or its CPU, and its thread count."""
+    name = device_name(device) if device.type != "cpu" else cpu_model()
+    return machine_label(name, torch.get_num_threads())
 
 
 def _git(*args: str) -> str:

@@ -46,11 +46,10 @@ def _hardware(run: Run) -> str | None:
     s = run.summary
     if s.get("machines"):
         return " then ".join(s["machines"])
-    device = str(s.get("device")) if s.get("device") is not None else "cpu"
-    name = s.get("device_name") if device != "cpu" else s.get("cpu_model")
+    name = s.get("device_name") if s.get("device") not in (None, "cpu") else s.get("cpu_model")
     if name is None or s.get("threads") is None:
         return None
-    return machine_label(device, name, name, s.get("threads"))
+    return machine_label(name, s["threads"])
 
 
 def _mean(values: list[float]) -> float | None:
