@@ -340,3 +340,36 @@ def test_a_nan_mid_sweep_marks_that_run_diverged_and_the_sweep_goes_on(
     diverged_dir = next(p.parent for p in sweep.glob("*/summary.json") if "seed1" in str(p))
     ckpt = load_checkpoint(diverged_dir / "checkpoints" / LAST)
     assert ckpt["step"] < 150 and ckpt["epochs_done"] == 1
+
+
+@pytest.mark.slow
+def test_a_stopped_run_leaves_the_stop_out_of_its_training_time(
+    python_module: str, tmp_path: Path
+) -> None:
+    """SIGSTOP for 3 s, then SIGCONT (a run paused for a benchmark, a suspended SLURM job):
+    the summary counts the stop apart (``stopped_s``), and its ``wall_time_s`` is the
+    same run's without a stop, not 3 s more."""
+    from tests.conftest import write_tiny_corpus
+
+    write_tiny_corpus(tmp_path / "data")
+    command = [python_module, "-m", "rnnreg.train", *TRAIN, "trainer.epochs=1"]
+    pause = dict(RNNREG_TEST_PAUSE="step:20", RNNREG_TEST_PAUSE_S="1")
+    env = _env(tmp_path / "data", tmp_path, **pause)
+    unstopped = subprocess.run([*command, f"hydra.run.dir={tmp_path / 'whole'}"], env=env)
+    assert unstopped.returncode == 0
+    marker, run_dir = tmp_path / "marker", tmp_path / "run"
+    env = _env(tmp_path / "data", tmp_path, **pause, RNNREG_TEST_MARKER=str(marker))
+    process = subprocess.Popen([*command, f"hydra.run.dir={run_dir}"], env=env)
+    deadline = time.monotonic() + 240
+    while not marker.exists():
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    process.send_signal(signal.SIGSTOP)
+    time.sleep(3.0)
+    process.send_signal(signal.SIGCONT)
+    assert process.wait(timeout=240) == 0
+    summary = json.loads((run_dir / "summary.json").read_text())
+    reference = json.loads((tmp_path / "whole" / "summary.json").read_text())
+    assert summary["status"] == "completed" and reference["stopped_s"] == 0.0
+    assert 2.5 < summary["stopped_s"] < 3.7
+    assert summary["wall_time_s"] < reference["wall_time_s"] + 1.5

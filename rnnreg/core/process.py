@@ -1,12 +1,15 @@
 """A training process among others: stop signals (SIGINT, SIGTERM, SLURM's SIGUSR2) honoured at
-a step boundary, and one process per run directory."""
+a step boundary, one process per run directory, and a clock that leaves out the time the
+process was stopped (SIGSTOP, a suspended SLURM job)."""
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import signal
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -66,6 +69,74 @@ class StopRequest:
         previous = self.previous.get(self.signal) if self.signal is not None else None
         if callable(previous):
             previous(self.signal, None)
+
+
+class RunClock:
+    """Seconds that leave out the time this process was stopped (SIGSTOP or SIGTSTP, then
+    SIGCONT: a run paused for a benchmark, a suspended SLURM job), so that training time,
+    tokens/s and the equal-time view count only time the process could run:
+
+        now() = monotonic() − Σ stops
+
+    A daemon thread notes the time every ``beat`` seconds, so a stop shows as a gap
+    between two notes. A gap counts only when SIGCONT's handler confirms it within
+    ``confirm_s``: a long call that holds the interpreter is never taken for a stop. Outside
+    the main thread (no handler can be installed) it is the monotonic clock."""
+
+    def __init__(self, beat: float = 0.1, threshold: float = 1.0, confirm_s: float = 30.0):
+        self.beat, self.threshold, self.confirm_s = beat, threshold, confirm_s
+        self.stopped_s = 0.0  # the stops counted so far
+        self._last = time.monotonic()  # the last note
+        self._gap = (0.0, -math.inf)  # the last long gap: (seconds stopped, when it ended)
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+        self._previous: Any = None
+
+    def now(self) -> float:
+        return time.monotonic() - self.stopped_s
+
+    @contextmanager
+    def running(self) -> Iterator[None]:
+        """Count stops while inside (the main thread only)."""
+        sigcont = getattr(signal, "SIGCONT", None)
+        if sigcont is None or threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        self._last, self._done = time.monotonic(), threading.Event()
+        self._previous = signal.signal(sigcont, self._continued)
+        signal.siginterrupt(sigcont, False)  # system calls go on (SA_RESTART): C code sees no EINTR
+        beats = threading.Thread(target=self._note, name="rnnreg-clock", daemon=True)
+        beats.start()
+        try:
+            yield
+        finally:
+            self._done.set()
+            signal.signal(sigcont, self._previous)
+            beats.join()
+
+    def _note(self) -> None:
+        while not self._done.wait(self.beat):
+            with self._lock:
+                t = time.monotonic()
+                if t - self._last > self.threshold:
+                    self._gap = (t - self._last - self.beat, t)
+                self._last = t
+
+    def _continued(self, signum: int, frame: object) -> None:
+        """SIGCONT's handler: count the stop that just ended, seen by the notes or not yet."""
+        with self._lock:
+            t = time.monotonic()
+            seconds, ended = self._gap
+            if t - self._last > self.threshold:  # no note since the process went on
+                seconds = t - self._last - self.beat
+            elif t - ended > self.confirm_s:  # SIGCONT to a process that was not stopped
+                seconds = 0.0
+            self._gap, self._last = (0.0, -math.inf), t
+            self.stopped_s += max(seconds, 0.0)
+        if seconds > 0:
+            log.info("stopped for %.0f s (then SIGCONT): not counted as training time", seconds)
+        if callable(self._previous):
+            self._previous(signum, frame)
 
 
 @contextmanager

@@ -13,6 +13,7 @@ import logging
 import math
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -124,11 +125,12 @@ class IntervalMeter:
     """Training NLL, tokens, steps, summed gradient norms and seconds since the last log
     line, as read from the device (:class:`rnnreg.training.state.StepTotals`)."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock  # the trainer's: stops left out (rnnreg/core/process.py, RunClock)
         self.reset()
 
     def reset(self) -> None:
-        self.nll, self.tokens, self.steps, self.start = 0.0, 0, 0, time.monotonic()
+        self.nll, self.tokens, self.steps, self.start = 0.0, 0, 0, self.clock()
         self.grad_norm = 0.0
 
     def add(self, nll_sum: float, tokens: int, steps: int, grad_norm_sum: float) -> None:
@@ -143,7 +145,7 @@ class IntervalMeter:
 
     @property
     def tokens_per_s(self) -> float:
-        return self.tokens / max(time.monotonic() - self.start, 1e-9)
+        return self.tokens / max(self.clock() - self.start, 1e-9)
 
     def scalars(self, lr: float) -> dict[str, float]:
         """``train/grad_norm`` is the mean pre-clipping norm over the interval's steps."""

@@ -20,7 +20,7 @@ import torch
 from rnnreg.config.schema import Averaging, RunConfig, Stage, as_plain_dict
 from rnnreg.core.files import remove_orphaned_temporaries
 from rnnreg.core.precision import apply_precision
-from rnnreg.core.process import StopRequest, exclusive_run
+from rnnreg.core.process import RunClock, StopRequest, exclusive_run
 from rnnreg.core.runtime import seed_everything, select_device
 from rnnreg.core.testhooks import pause_point
 from rnnreg.data.batching import batched_splits, num_windows, variable_bptt_length, window_at
@@ -86,12 +86,14 @@ class Trainer:
         self.progress = TrainingProgress()
         self.step = WindowStep(run, self.parts, self.device)
         self.totals = self.step.totals  # the steps' sums, on the device
-        self.meter = IntervalMeter()
-        self.interval_start = time.monotonic()
+        #: Training time leaves out the time the process was stopped (SIGSTOP, SLURM's suspend).
+        self.clock = RunClock()
+        self.meter = IntervalMeter(self.clock.now)
+        self.interval_start = self.clock.now()
         self.diverged_at: int | None = None  # the first step that was not finite
         self.state: State | None = None  # the hidden state carried between windows
         self.recorder: RunRecorder  # opened by fit()
-        self.start_time = time.monotonic()
+        self.start_time = self.clock.now()
         self.git_commit = git_commit()  # the code this process runs, read once at start
 
     model = property(lambda self: self.parts.model)
@@ -102,7 +104,7 @@ class Trainer:
     windows_per_epoch = property(lambda self: num_windows(self.train_data, self.run.trainer.bptt))
 
     def _elapsed(self) -> float:
-        return self.progress.elapsed_s + time.monotonic() - self.start_time
+        return self.progress.elapsed_s + self.clock.now() - self.start_time
 
     def save(self) -> None:
         """``last.pt``, keeping the one it replaces as ``last.prev.pt``. Called only with
@@ -124,7 +126,7 @@ class Trainer:
         """Read :attr:`totals` (one synchronisation) into the progress and the interval's
         meter; False, with one logged line, when a step since the last read was not
         finite: the run has diverged, and nothing of it is checkpointed any more."""
-        now, since = time.monotonic(), self.interval_start
+        now, since = self.clock.now(), self.interval_start
         self.interval_start = now
         bad_step = self.totals.read_into(self.progress, self.meter, now - since)
         if bad_step is None:
@@ -146,8 +148,8 @@ class Trainer:
             self.state = self.model.init_state(t.batch_size)
             p.start_epoch()
         self.model.train()
-        self.meter, last_checkpoint = IntervalMeter(), time.monotonic()
-        self.interval_start = time.monotonic()
+        self.meter, last_checkpoint = IntervalMeter(self.clock.now), time.monotonic()
+        self.interval_start = self.clock.now()
         last_row = self.train_data.size(0) - 1
         bar = epoch_bar(t.progress, self.windows_per_epoch, p.position // t.bptt, p.epochs_done + 1)
         try:
@@ -169,7 +171,7 @@ class Trainer:
                     if not self._flush():
                         return Outcome.diverged
                     self.save()
-                    last_checkpoint = self.interval_start = time.monotonic()
+                    last_checkpoint, self.interval_start = time.monotonic(), self.clock.now()
         finally:
             if bar is not None:
                 bar.close()
@@ -192,7 +194,7 @@ class Trainer:
             bar.set_postfix(ppl=f"{p.epoch_ppl:.1f}")
         line = (p.epochs_done + 1, p.position, last_row, self._lr)
         self.recorder.interval(p.step, meter, scalars, line if bar is None else None)
-        self.interval_start = time.monotonic()  # the records' I/O is not training time
+        self.interval_start = self.clock.now()  # the records' I/O is not training time
 
     def _end_epoch(self) -> None:
         """Validate, record the epoch, keep the best weights, step the schedule, checkpoint."""
@@ -253,7 +255,7 @@ class Trainer:
         )
         self.recorder.summary(self._summary("running"))
         try:
-            with self.stop.installed():
+            with self.stop.installed(), self.clock.running():
                 outcome = self._train_epochs()
             return self._finish(outcome)
         finally:
@@ -303,6 +305,7 @@ class Trainer:
 
     def _summary(self, status: str, final: dict[str, float] | None = None) -> dict[str, Any]:
         facts = dict(self.labels, device=self.device, wall_time_s=self._elapsed())
+        facts |= dict(stopped_s=round(self.clock.stopped_s, 1))  # this process's, left out
         facts |= dict(git_commit=self.git_commit, backend_precision=self.backend_precision)
         facts |= dict(diverged_at_step=self.diverged_at, run_dir=str(self.run_dir))
         tokens = (self.train_data.size(0) - 1) * self.train_data.size(1)
