@@ -64,6 +64,23 @@ def keep_from_bits(
     return draws.view(torch.int16)[:count].view(shape) >= word_threshold(p)
 
 
+@dataclass(frozen=True)
+class Draw:
+    """One mask request of :func:`draw_mask`, as a pool (rnnreg/model/regularizers/pool.py)
+    serves it."""
+
+    shape: tuple[int, ...]
+    p: float
+    scale: bool
+    dtype: torch.dtype
+    device: torch.device
+    own_storage: bool = False
+
+    @property
+    def count(self) -> int:
+        return math.prod(self.shape)
+
+
 def draw_mask(
     shape: Sequence[int],
     p: float,
@@ -90,8 +107,6 @@ def draw_mask(
 
     if generator is not None or not _DRAWING:
         return unpooled()
-    from rnnreg.model.regularizers.pool import Draw
-
     return _DRAWING[-1].draw(Draw(tuple(shape), p, scale, dtype, device, own_storage), unpooled)
 
 

@@ -25,29 +25,12 @@ run did).
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 
 import torch
 
 from rnnreg.model.regularizers import masks as mask_helper
-
-
-@dataclass(frozen=True)
-class Draw:
-    """One mask request of :func:`~rnnreg.model.regularizers.masks.draw_mask`."""
-
-    shape: tuple[int, ...]
-    p: float
-    scale: bool
-    dtype: torch.dtype
-    device: torch.device
-    own_storage: bool = False
-
-    @property
-    def count(self) -> int:
-        return math.prod(self.shape)
+from rnnreg.model.regularizers.masks import Draw
 
 
 class Recorder:
