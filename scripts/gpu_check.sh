@@ -6,7 +6,8 @@
 #   1. machine: the GPU, CUDA and host (rnnreg/records/provenance.py machine_description);
 #   2. tests: the tests marked `gpu` (the device-agnostic tests' cuda half);
 #   3. bench: scripts/bench.py, the trainer's step at small, medium and large (tokens/s,
-#      ratio to cuDNN `none`, max_memory_allocated), every variant at medium;
+#      ratio to cuDNN `none`, max_memory_allocated, CUDA kernels per step), first none,
+#      zaremba, gal and zoneout at medium, then every variant at medium;
 #   4. large: experiment=zaremba_large for the time that is left: epochs done, validation
 #      perplexity, tokens/s and the projected wall time of its 55 epochs.
 #
@@ -116,19 +117,27 @@ fi
 # 3. the bench (at most half of what is left)
 echo "gpu-check: 3/4 the bench"
 if wanted bench; then
-    BENCH_S=$(( $(left) / 4 ))  # twice: medium in every mode and precision, then the sizes
+    # three times: the kernel launches per step of none, zaremba, gal and zoneout at medium
+    # (docs/performance.md, "Operators per step"), medium in every mode and precision, the sizes
+    BENCH_S=$(( $(left) / 6 ))
     BENCH=(--device "$DEVICE" --rounds 3 --steps 5 --warmup 3 --time-budget "$BENCH_S")
     # --time-budget stops building configurations and rounds; the timeout is a backstop
     RC=0
     timeout "$(cap $((BENCH_S + 180)))" "$PY" scripts/bench.py "${BENCH[@]}" --models medium \
+        --variants none zaremba gal zoneout \
+        --markdown "$OUT/bench-launches.md" >"$OUT/bench.log" 2>&1 || RC=$?
+    record bench-launches "$(status $RC)" "$(tail -1 "$OUT/bench.log")"
+    RC=0
+    timeout "$(cap $((BENCH_S + 180)))" "$PY" scripts/bench.py "${BENCH[@]}" --models medium \
         --compile-modes default reduce-overhead --precisions fp32 tf32 bf16 \
-        --markdown "$OUT/bench-medium.md" >"$OUT/bench.log" 2>&1 || RC=$?
+        --markdown "$OUT/bench-medium.md" >>"$OUT/bench.log" 2>&1 || RC=$?
     record bench-medium "$(status $RC)" "$(tail -1 "$OUT/bench.log")"
     RC=0
     timeout "$(cap $((BENCH_S + 180)))" "$PY" scripts/bench.py "${BENCH[@]}" --models small large \
         --markdown "$OUT/bench-sizes.md" >>"$OUT/bench.log" 2>&1 || RC=$?
     record bench "$(status $RC)" "sizes: $(tail -1 "$OUT/bench.log")"
-    cat "$OUT"/bench-medium.md "$OUT"/bench-sizes.md >"$OUT/bench.md" 2>/dev/null
+    cat "$OUT"/bench-launches.md "$OUT"/bench-medium.md "$OUT"/bench-sizes.md >"$OUT/bench.md" \
+        2>/dev/null
 else
     record bench "skipped" "GPU_CHECK_STEPS"
 fi
