@@ -92,3 +92,26 @@ def test_runs_that_record_one_machine_each_are_compared(tmp_path: Path) -> None:
     _timed(tmp_path, "g1", "gal", 1, [(200, 140)], machines=[xeon])
     [(machine, rows)] = equal_time_rows(group_runs(find_runs(tmp_path))).values()
     assert machine == f"{xeon}; T = 0.03 h" and len(rows) == 2
+
+
+def test_each_machine_gets_its_own_table_of_the_runs_trained_wholly_on_it(
+    tmp_path: Path,
+) -> None:
+    xeon, epyc = "Intel(R) Xeon(R) Processor, 2 thread(s)", "AMD EPYC 7B13, 2 thread(s)"
+    _timed(tmp_path, "z1", "zaremba", 1, [(100, 150), (200, 130)], machines=[xeon])
+    _timed(tmp_path, "g1", "gal", 1, [(150, 140), (300, 120)], machines=[xeon])
+    _timed(tmp_path, "z2", "zaremba", 2, [(300, 150), (600, 131)], machines=[epyc])
+    _timed(tmp_path, "g2", "gal", 2, [(400, 141), (800, 119)], machines=[epyc])
+    _timed(tmp_path, "z3", "zaremba", 3, [(50, 150), (90, 100)], machines=[xeon, epyc])
+    found = equal_time_rows(group_runs(find_runs(tmp_path)))
+    by_machine = {header.split(";")[0]: rows for header, rows in found.values()}
+    assert set(by_machine) == {xeon, epyc}  # z3, resumed elsewhere, is in neither
+    assert [header for header, _ in found.values()] == [
+        f"{epyc}; T = 0.17 h",
+        f"{xeon}; T = 0.06 h",
+    ]
+    xeon_rows = {row["name"]: row for row in by_machine[xeon]}
+    assert xeon_rows["zaremba"]["runs"] == 1 and xeon_rows["zaremba"]["best_val_within"] == 130.0
+    assert xeon_rows["gal_tied"]["best_val_within"] == 140.0  # by T = 200 s: epoch 1 only
+    epyc_rows = {row["name"]: row for row in by_machine[epyc]}
+    assert epyc_rows["gal_tied"]["best_val_within"] == 141.0 and epyc_rows["zaremba"]["runs"] == 1

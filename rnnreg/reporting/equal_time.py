@@ -3,12 +3,14 @@ of the fastest run it is compared with (docs/protocols.md, "Objectives": a two-p
 objective costs about two steps per step, so an equal budget in epochs is not an equal
 budget in time).
 
-For one setting of the report (dataset, model, budget, precision; standard evaluation),
-with T the shortest training wall time among its runs (the last ``elapsed_s`` of
-``metrics.csv``), each configuration's row gives its mean training tokens/s and wall time,
-its mean best validation perplexity, and its mean best validation perplexity over the
-epochs that ended by T. Only runs of one CPU or GPU model at one thread count are set side
-by side; otherwise the section says why not.
+For one setting of the report (dataset, model, budget, precision; standard evaluation)
+and one machine, with T the shortest training wall time among its runs there (the last
+``elapsed_s`` of ``metrics.csv``), each configuration's row gives its mean training
+tokens/s and wall time, its mean best validation perplexity, and its mean best validation
+perplexity over the epochs that ended by T. Only runs trained wholly on one CPU or GPU
+model at one thread count (``summary.json``'s ``machines``) are set side by side: one table
+per machine on which two or more configurations trained; otherwise the section says why
+not.
 """
 
 from __future__ import annotations
@@ -57,7 +59,8 @@ def _mean(values: list[float]) -> float | None:
 
 
 def equal_time_rows(groups: list[Group]) -> dict[tuple, tuple[str, list[Row]]]:
-    """Per setting with two or more configurations: (the machine, or why not, and the rows)."""
+    """Per setting and machine on which two or more configurations trained: (the machine and
+    T, the rows). A setting with none such has one entry that says why not."""
     by_setting: dict[tuple, list[Group]] = {}
     for group in groups:
         if group.key.evaluation == "standard" and group.runs:
@@ -66,30 +69,48 @@ def equal_time_rows(groups: list[Group]) -> dict[tuple, tuple[str, list[Row]]]:
     for setting, members in sorted(by_setting.items()):
         if len(members) < 2:
             continue
-        runs = [run for group in members for run in group.runs if _epochs(run)]
-        machines = {_hardware(run) for run in runs}
-        if None in machines:
-            found[setting] = ("not shown: a run does not record its machine and threads", [])
-            continue
-        if len(machines) != 1:
-            found[setting] = (
-                f"not shown: the runs come from {len(machines)} machines or "
-                f"thread counts ({'; '.join(sorted(machines))})",
-                [],
-            )
-            continue
-        fastest = min(_epochs(run)[-1][0] for run in runs)
-        rows = [_row(group, fastest) for group in members]
-        found[setting] = (f"{machines.pop()}; T = {fastest / 3600:.2f} h", rows)
+        tables = _machine_tables(members)
+        if not tables:
+            found[(setting, "")] = (_why_not(members), [])
+        for machine, (fastest, rows) in sorted(tables.items()):
+            found[(setting, machine)] = (f"{machine}; T = {fastest / 3600:.2f} h", rows)
     return found
 
 
-def _row(group: Group, seconds: float) -> Row:
-    runs = [run for run in group.runs if _epochs(run)]
+def _machine_tables(members: list[Group]) -> dict[str, tuple[float, list[Row]]]:
+    """For each machine (and thread count) on which two or more configurations have runs
+    trained wholly on it: T, its fastest run's wall time, and each configuration's row."""
+    by_machine: dict[str, dict[str, list[Run]]] = {}
+    for group in members:
+        for run in group.runs:
+            machine = _hardware(run)
+            if _epochs(run) and machine is not None and " then " not in machine:
+                by_machine.setdefault(machine, {}).setdefault(group.name, []).append(run)
+    tables = {}
+    for machine, configurations in by_machine.items():
+        if len(configurations) < 2:
+            continue
+        fastest = min(_epochs(run)[-1][0] for runs in configurations.values() for run in runs)
+        rows = [_row(name, runs, fastest) for name, runs in configurations.items()]
+        tables[machine] = (fastest, rows)
+    return tables
+
+
+def _why_not(members: list[Group]) -> str:
+    machines = {_hardware(run) for group in members for run in group.runs if _epochs(run)}
+    if None in machines:
+        return "not shown: a run does not record its machine and threads"
+    return (
+        f"not shown: the runs come from {len(machines)} machines or thread counts, and on "
+        f"none of them did two configurations train ({'; '.join(sorted(machines))})"
+    )
+
+
+def _row(name: str, runs: list[Run], seconds: float) -> Row:
     within = [v for v in (best_within(run, seconds) for run in runs) if v is not None]
     rates = [float(r.summary["tokens_per_s"]) for r in runs if r.summary.get("tokens_per_s")]
     return {
-        "name": group.name,
+        "name": name,
         "runs": len(runs),
         "tokens_per_s": _mean(rates),
         "wall_h": _mean([_epochs(run)[-1][0] / 3600 for run in runs]),
@@ -119,7 +140,7 @@ def equal_time_section(groups: list[Group]) -> list[str]:
         "epoch's end), beside its tokens/s and its own wall time. `(n of N)`: runs with "
         "an epoch that ended by T.",
     ]
-    for setting, (machine, rows) in found.items():
+    for (setting, _), (machine, rows) in found.items():
         dataset, model, budget, _, _, precision = setting
         lines += ["", f"### {dataset} / {model} / {budget} / {precision}: {machine}", ""]
         if not rows:
