@@ -60,6 +60,11 @@ def machine_label(name: str, threads: int) -> str:
     return f"{name}, {threads} thread(s)"
 
 
+def machines_text(machines: list[str]) -> str:
+    """The machines of a run's processes in turn, as tables print them."""
+    return " then ".join(machines)
+
+
 def this_machine(device: torch.device) -> str:
     """:func:`machine_label` of this process: its GPU, or its CPU, and its thread count."""
     name = device_name(device) if device.type != "cpu" else cpu_model()

@@ -19,7 +19,7 @@ import math
 import statistics
 from typing import Any
 
-from rnnreg.records.provenance import machine_label
+from rnnreg.records.provenance import machine_label, machines_text
 from rnnreg.reporting.data import Group, Run, setting_of
 
 Row = dict[str, Any]
@@ -47,7 +47,7 @@ def _hardware(run: Run) -> str | None:
     it was resumed elsewhere); None when it does not record them."""
     s = run.summary
     if s.get("machines"):
-        return " then ".join(s["machines"])
+        return machines_text(s["machines"])
     name = s.get("device_name") if s.get("device") not in (None, "cpu") else s.get("cpu_model")
     if name is None or s.get("threads") is None:
         return None
@@ -84,7 +84,8 @@ def _machine_tables(members: list[Group]) -> dict[str, tuple[float, list[Row]]]:
     for group in members:
         for run in group.runs:
             machine = _hardware(run)
-            if _epochs(run) and machine is not None and " then " not in machine:
+            one_machine = len(run.summary.get("machines") or ()) <= 1
+            if _epochs(run) and machine is not None and one_machine:
                 by_machine.setdefault(machine, {}).setdefault(group.name, []).append(run)
     tables = {}
     for machine, configurations in by_machine.items():

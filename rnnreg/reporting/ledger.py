@@ -35,6 +35,7 @@ from typing import Any
 from rnnreg import PROJECT_ROOT, RnnregError, error_exit
 from rnnreg.config.schema import EXECUTION_SETTINGS
 from rnnreg.core.files import atomic_write_bytes
+from rnnreg.records.provenance import machines_text
 from rnnreg.reporting.curves import curve_section, keep_metrics
 from rnnreg.reporting.data import paper_val, printed_val
 from rnnreg.reporting.lua_validation import val_cell
@@ -161,7 +162,7 @@ def machine_cell(entry: dict[str, Any]) -> str:
     """The CPU a row ran on, or every machine and thread count in turn when its run was
     resumed on others (``machines``, rnnreg/training/state.py)."""
     machines = entry.get("machines") or []
-    return " then ".join(machines) if len(machines) > 1 else str(entry.get("cpu_model"))
+    return machines_text(machines) if len(machines) > 1 else str(entry.get("cpu_model"))
 
 
 def recent_rate(rows: list[dict[str, str]]) -> tuple[float, float]:
