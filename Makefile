@@ -39,10 +39,14 @@ COMPARE_SEEDS ?= 1,2,3
 COMPARE_DIR ?= $(OUTPUTS_ROOT)/compare-small
 COMPARE_THREADS ?= 2
 COMPARE_ARGS ?=
+# Its report is built from the ledger's copies of each finished row (results/runs/compare_*/:
+# summary.json, metrics.csv, overrides), so that it outlives the machine that trained them.
+COMPARE_REPORT = $(PY) -m rnnreg.report --outputs results/runs --runs 'compare_*' \
+	--out results/compare-small --reference $(or $(REFERENCE),zaremba)
 LEDGER_THREADS ?= 2
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-fast lint format run data bench sweep sweep-paper ledger-runs report rescore results record clean gpu-pack gpu-check tune tune-paper postgres-server verify verify-gru compare-small
+.PHONY: help setup test test-fast lint format run data bench sweep sweep-paper ledger-runs compare-report report rescore results record clean gpu-pack gpu-check tune tune-paper postgres-server verify verify-gru compare-small
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -153,10 +157,12 @@ ledger-runs: $(STAMP) ## the ledger's rows in order (seed 1) in LEDGER_DIR ($$RN
 		if [ $$rc -ne 0 ]; then echo "$$name: stopped (exit $$rc); run make ledger-runs again to resume it"; exit $$rc; fi; \
 	done
 
-compare-small: $(STAMP) ## LSTM vs GRU, plain vs fd/eld on the small preset (13 epochs) x COMPARE_SEEDS, one run at a time in COMPARE_DIR (resumed; finished runs skipped), each recorded in the ledger as compare_<row>; COMPARE_ARGS more overrides; then make report OUTPUTS=<COMPARE_DIR>
+compare-small: $(STAMP) ## LSTM vs GRU, plain vs fd/eld on the small preset (13 epochs) x COMPARE_SEEDS, one run at a time in COMPARE_DIR (resumed; rows completed in results/runs skipped), each recorded in the ledger as compare_<row>; COMPARE_ARGS more overrides; then make compare-report
 	@for seed in $$(echo $(COMPARE_SEEDS) | tr , ' '); do for row in $(COMPARE_ROWS); do \
 		set -- $$row; name=$$(echo "$$*" | tr ' =.' '__-')_s$$seed; dir=$(abspath $(COMPARE_DIR))/$$name; \
-		echo "$$name: $$dir"; \
+		if grep -qs '"status": "completed"' results/runs/compare_$$name.json; then \
+			echo "$$name: completed in results/runs, skipped"; continue; fi; \
+		$(PY) -m rnnreg.ledger where compare_$$name $$dir --target compare-small; \
 		rc=0; $(PY) -m rnnreg.train experiment=zaremba_small variant=$$1 "$${@:2}" seed=$$seed \
 			trainer.threads=$(COMPARE_THREADS) trainer.auto_resume=true trainer.progress=log \
 			$(COMPARE_ARGS) hydra.run.dir=$$dir || rc=$$?; \
@@ -164,6 +170,10 @@ compare-small: $(STAMP) ## LSTM vs GRU, plain vs fd/eld on the small preset (13 
 			$(PY) -m rnnreg.ledger record $$dir --name compare_$$name --stopped "exit $$rc"; fi; \
 		if [ $$rc -ne 0 ]; then echo "$$name: stopped (exit $$rc); run make compare-small again to resume it"; exit $$rc; fi; \
 	done; done
+	$(COMPARE_REPORT)
+
+compare-report: $(STAMP) ## the comparison's report (CIs, tests vs REFERENCE, default zaremba; equal-time view) from the ledger's tracked copies results/runs/compare_*, into results/compare-small
+	$(COMPARE_REPORT)
 
 report: $(STAMP) ## the perplexity table of every run under outputs/ (or OUTPUTS=dir), with CIs and tests vs REFERENCE (none)
 	$(PY) -m rnnreg.report --reference $(or $(REFERENCE),none)

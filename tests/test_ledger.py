@@ -259,3 +259,83 @@ def test_a_row_resumed_on_other_machines_names_each_of_them(tmp_path: Path) -> N
     assert machine_cell({"cpu_model": "AMD EPYC", "machines": ["AMD EPYC, 1 thread(s)"]}) == (
         "AMD EPYC"
     )
+
+
+def test_the_comparison_report_is_rebuilt_from_the_ledgers_copies(tmp_path: Path) -> None:
+    """make compare-report: a recorded row keeps summary.json, metrics.csv and its overrides
+    beside its entry, and the report of results/runs/compare_* equals the report of the run
+    folders themselves (run names aside), the ledger's other rows left out."""
+    from rnnreg.reporting.report import build_report
+    from tests.test_report import fake_run as report_run
+    from tests.test_report import preset
+
+    runs, results = tmp_path / "outputs", tmp_path / "results"
+    rows = {"zaremba": preset("experiment=zaremba_small", "variant=zaremba")}
+    rows["zaremba_objective_fd"] = preset(
+        "experiment=zaremba_small", "variant=zaremba", "objective=fd"
+    )
+    for row, config in rows.items():
+        for seed, test in [(1, 115.0), (2, 117.5), (3, 113.0)]:
+            if row != "zaremba":
+                test -= 6.0
+            report_run(
+                runs, f"{row}_s{seed}", variant="zaremba", seed=seed, val=test + 4.0,
+                test=test, config=config,
+            )  # fmt: skip
+            run_dir = runs / f"{row}_s{seed}"
+            summary = json.loads((run_dir / "summary.json").read_text())
+            summary["machines"] = ["Intel Xeon, 2 thread(s)"]
+            (run_dir / "summary.json").write_text(json.dumps(summary))
+            (run_dir / ".hydra").mkdir()
+            overrides = "- experiment=zaremba_small\n- variant=zaremba\n"
+            if row != "zaremba":
+                overrides += "- objective=fd\n"
+            (run_dir / ".hydra" / "overrides.yaml").write_text(overrides + f"- seed={seed}\n")
+            record(run_dir, name=f"compare_{row}_s{seed}", results=results)
+    other = fake_run(tmp_path / "paper", "completed", 86.5, 82.9, 39)
+    record(other, name="zaremba_medium_s1", results=results)
+    kept = results / "runs" / "compare_zaremba_objective_fd_s2"
+    for name in ("summary.json", "metrics.csv", ".hydra/overrides.yaml"):
+        assert (kept / name).read_bytes() == (runs / "zaremba_objective_fd_s2" / name).read_bytes()
+
+    direct = build_report(runs, tmp_path / "direct", reference="zaremba")
+    ledger = build_report(results / "runs", tmp_path / "ledger", "zaremba", "compare_*")
+    text = ledger.read_text()
+    assert text.replace("compare_", "") == direct.read_text()
+    ours = ledger.with_suffix(".csv").read_text()
+    ours = ours.replace(f"{results / 'runs'}/compare_", f"{runs}/")
+    assert ours == direct.with_suffix(".csv").read_text()
+    assert "zaremba+fd" in text and "## Equal time" in text and "medium" not in text
+
+
+def test_make_compare_small_skips_rows_the_ledger_holds_and_names_its_own_folder(
+    tmp_path: Path,
+) -> None:
+    """A replaced machine loses COMPARE_DIR, not the ledger: a row completed in results/runs
+    is not trained again, a gone partial row is warned of in compare-small's words, and the
+    report is built from the ledger's copies."""
+    import subprocess
+
+    from rnnreg.reporting.ledger import where
+
+    repo = Path(__file__).resolve().parent.parent
+    shown = subprocess.run(
+        ["make", "-n", "compare-small", f"RNNREG_OUTPUTS={tmp_path}", "COMPARE_SEEDS=1"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert f"{tmp_path}/compare-small/" in shown
+    assert """grep -qs '"status": "completed"' results/runs/compare_$name.json""" in shown
+    assert "--target compare-small" in shown
+    assert "rnnreg.report --outputs results/runs --runs 'compare_*'" in shown
+    results = tmp_path / "results"
+    run_dir = fake_run(tmp_path / "gone", "interrupted", 130.0, None, 2)
+    record(run_dir, "compare_zaremba_s1", results=results, stopped="exit 143")
+    import shutil
+
+    shutil.rmtree(run_dir)
+    lines = where("compare_zaremba_s1", tmp_path / "x", results, target="compare-small")
+    assert "make compare-small (the same COMPARE_DIR" in lines[0]
+    assert "which is gone" in lines[1] and "LEDGER_DIR" not in "".join(lines)

@@ -1,6 +1,7 @@
 """The curve behind every ledger row: each run's metrics.csv kept beside its entry
-(``results/runs/<name>/metrics.csv``), drawn next to the paper's final number and, where
-a published log gives one, next to the authors' own curve, epoch by epoch.
+(``results/runs/<name>/metrics.csv``, with the summary.json and overrides the report
+reads), drawn next to the paper's final number and, where a published log gives one,
+next to the authors' own curve, epoch by epoch.
 
     difference_e = 100 (ours_e − log_e) / log_e     for every epoch e both have
 
@@ -28,14 +29,22 @@ def entry_folder(results: Path, name: str) -> Path:
     return results / "runs" / name
 
 
-def keep_metrics(run_dir: Path, results: Path, name: str) -> Path | None:
-    """Copy ``run_dir/metrics.csv`` beside the entry ``name``; None if the run has none."""
-    source = run_dir / "metrics.csv"
-    if not source.is_file():
-        return None
-    target = entry_folder(results, name) / "metrics.csv"
-    atomic_write_bytes(target, source.read_bytes())
-    return target
+#: What the report reads of a run (rnnreg/reporting/data.py: ``Run``), kept beside its
+#: ledger entry so that ``make compare-report`` rebuilds a row from tracked files alone.
+RUN_FILES = ("metrics.csv", "summary.json", ".hydra/overrides.yaml")
+
+
+def keep_run_files(run_dir: Path, results: Path, name: str) -> list[Path]:
+    """Copy the :data:`RUN_FILES` that ``run_dir`` has beside the entry ``name``
+    (``results/runs/<name>/``); return the copies."""
+    kept = []
+    for relative in RUN_FILES:
+        source = run_dir / relative
+        if source.is_file():
+            target = entry_folder(results, name) / relative
+            atomic_write_bytes(target, source.read_bytes())
+            kept.append(target)
+    return kept
 
 
 def read_curve(path: Path, column: str = "val_ppl") -> dict[int, float]:

@@ -7,6 +7,7 @@ See :mod:`rnnreg.report` for what the report shows.
 from __future__ import annotations
 
 import csv
+import fnmatch
 import functools
 import hashlib
 import json
@@ -276,11 +277,14 @@ def label_value(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def find_runs(outputs: Path) -> list[Run]:
-    """Every directory under ``outputs`` holding a readable summary.json."""
+def find_runs(outputs: Path, match: str = "*") -> list[Run]:
+    """Every directory under ``outputs`` holding a readable summary.json, whose name
+    matches the glob ``match`` (``compare_*``: the comparison's rows in the ledger)."""
     runs = []
     for root, _dirs, files in os.walk(outputs, followlinks=True):  # outputs/ledger links
         if "summary.json" not in files or Path(root).name == "report" or is_trial(Path(root)):
+            continue
+        if not fnmatch.fnmatch(Path(root).name, match):
             continue
         path = Path(root)
         try:

@@ -4,11 +4,12 @@
     python -m rnnreg.ledger table                     (make results)
 
 ``record`` copies what matters of a run directory (summary.json, metrics.csv, the
-command's overrides) into ``results/runs/<name>.json``, and the run's metrics.csv into
-``results/runs/<name>/`` (:mod:`rnnreg.reporting.curves` draws it): a finished run, or a partial one
-with its epoch, current validation perplexity and projected finish. ``table`` writes
-``results/README.md`` from those files alone, each row beside the paper's number with
-the difference in percent and a verdict:
+command's overrides) into ``results/runs/<name>.json``, and the run's metrics.csv,
+summary.json and .hydra/overrides.yaml into ``results/runs/<name>/`` (the curve
+:mod:`rnnreg.reporting.curves` draws; what the report reads, ``make compare-report``):
+a finished run, or a partial one with its epoch, current validation perplexity and
+projected finish. ``table`` writes ``results/README.md`` from those files alone, each
+row beside the paper's number with the difference in percent and a verdict:
 
     difference = 100 (ours - paper) / paper
     paper's validation = per token: a number the Lua scripts printed is converted
@@ -36,12 +37,15 @@ from rnnreg import PROJECT_ROOT, RnnregError, error_exit
 from rnnreg.config.schema import EXECUTION_SETTINGS
 from rnnreg.core.files import atomic_write_bytes
 from rnnreg.records.provenance import machines_text
-from rnnreg.reporting.curves import curve_section, keep_metrics
+from rnnreg.reporting.curves import curve_section, keep_run_files
 from rnnreg.reporting.data import paper_val, printed_val
 from rnnreg.reporting.lua_validation import val_cell
 from rnnreg.reporting.report import Run, load_published, published_for
 
 RESULTS = PROJECT_ROOT / "results"
+
+#: The make targets that run ledger rows, and the variable naming the folder of their runs.
+TARGET_FOLDERS = {"ledger-runs": "LEDGER_DIR", "compare-small": "COMPARE_DIR"}
 
 
 #: Tolerance in percent by the published row's confidence.
@@ -202,18 +206,22 @@ def record(
         status = json.loads((run_dir / "summary.json").read_text()).get("status")
         entry["stopped"] = f"{stopped}, {status}"
     atomic_write_bytes(path, (json.dumps(entry, indent=2, sort_keys=True) + "\n").encode())
-    keep_metrics(run_dir, results, name)  # the curve behind the row
+    keep_run_files(run_dir, results, name)  # the curve behind the row, the report's files
     return path
 
 
-def where(name: str, run_dir: Path, results: Path = RESULTS) -> list[str]:
-    """What ``make ledger-runs`` says before a row: where its run lives and how to resume
-    it, and one warning line when the ledger records progress in a folder that is gone (a
-    replaced checkout or machine): the row then starts again from scratch."""
+def where(
+    name: str, run_dir: Path, results: Path = RESULTS, target: str = "ledger-runs"
+) -> list[str]:
+    """What ``make <target>`` (``ledger-runs``, ``compare-small``) says before a row: where
+    its run lives and how to resume it, and one warning line when the ledger records
+    progress in a folder that is gone (a replaced checkout or machine): the row then starts
+    again from scratch."""
     run_dir = run_dir.absolute()
+    folder = TARGET_FOLDERS.get(target, "the same folder")
     lines = [
-        f"{name}: its run lives in {run_dir}; resume it with make ledger-runs (the same "
-        f"LEDGER_DIR or RNNREG_OUTPUTS), or trainer.resume=true hydra.run.dir={run_dir}"
+        f"{name}: its run lives in {run_dir}; resume it with make {target} (the same "
+        f"{folder} or RNNREG_OUTPUTS), or trainer.resume=true hydra.run.dir={run_dir}"
     ]
     path = results / "runs" / f"{name}.json"
     entry = json.loads(path.read_text()) if path.is_file() else {}
@@ -223,7 +231,7 @@ def where(name: str, run_dir: Path, results: Path = RESULTS) -> list[str]:
     if recorded != run_dir and (recorded / "checkpoints").is_dir():
         return lines + [
             f"warning: {path} records its run in {recorded}, not here; set "
-            f"LEDGER_DIR={recorded.parent} to resume it, or it starts again from scratch"
+            f"{folder}={recorded.parent} to resume it, or it starts again from scratch"
         ]
     return lines + [
         f"warning: {path} records {entry.get('epochs')} of {entry.get('epochs_planned')} "
@@ -440,10 +448,11 @@ def main(argv: list[str] | None = None) -> int:
     at = sub.add_parser("where", help="where a row's run lives, how to resume it, if it is gone")
     at.add_argument("name")
     at.add_argument("run_dir", type=Path)
+    at.add_argument("--target", default="ledger-runs", choices=sorted(TARGET_FOLDERS))
     args = parser.parse_args(argv)
     try:
         if args.command == "where":
-            print("\n".join(where(args.name, args.run_dir)))
+            print("\n".join(where(args.name, args.run_dir, target=args.target)))
             return 0
         if args.command == "record":
             print(f"recorded: {record(args.run_dir, args.name, args.note, stopped=args.stopped)}")

@@ -34,17 +34,21 @@ from rnnreg.reporting.tuning import tuning_section
 __all__ = ["Run", "build_report", "load_published", "main", "published_for"]
 
 
-def build_report(outputs: Path, out_dir: Path | None = None, reference: str = "none") -> Path:
-    """Write the report for the runs under ``outputs``; return the Markdown file."""
+def build_report(
+    outputs: Path, out_dir: Path | None = None, reference: str = "none", match: str = "*"
+) -> Path:
+    """Write the report for the runs under ``outputs`` whose folder name matches the glob
+    ``match``; return the Markdown file."""
     if not outputs.is_dir():
         raise RnnregError(
             f"{outputs} does not exist; run some experiments first "
             "(python -m rnnreg.train ...) or set OUTPUTS=<dir>"
         )
-    runs = find_runs(outputs)
+    runs = find_runs(outputs, match)
     if not runs:
+        named = "" if match == "*" else f" in a folder named {match}"
         raise RnnregError(
-            f"no runs found under {outputs} (no summary.json); run some "
+            f"no runs found under {outputs} (no summary.json{named}); run some "
             "experiments first (python -m rnnreg.train ...) or set OUTPUTS=<dir>"
         )
     out_dir = out_dir or outputs / "report"
@@ -79,13 +83,19 @@ def main(argv: list[str] | None = None) -> int:
         "--out", type=Path, default=None, help="where to write (default: <outputs>/report)"
     )
     parser.add_argument(
+        "--runs",
+        default="*",
+        metavar="GLOB",
+        help="only run folders whose name matches GLOB (default: every run)",
+    )
+    parser.add_argument(
         "--reference",
         default="none",
         help="the variant every other is compared with (default: none)",
     )
     args = parser.parse_args(argv)
     try:
-        markdown = build_report(args.outputs.resolve(), args.out, args.reference)
+        markdown = build_report(args.outputs.resolve(), args.out, args.reference, args.runs)
     except RnnregError as exc:
         return error_exit(exc)
     print(f"report: {markdown}")
