@@ -631,3 +631,22 @@ def test_gru_runs_are_their_own_row_named_after_the_cell(tmp_path: Path) -> None
     }
     assert set(rows) == {"gal_tied", "gru:gal_tied"}
     assert rows["gru:gal_tied"]["test_mean"] == 115.0 and rows["gal_tied"]["test_mean"] == 95.0
+
+
+def test_runs_inside_the_repository_are_shown_relative_to_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A tracked report (results/compare-small) names its runs as results/runs/<name>, the
+    same from any checkout; a run outside the repository keeps its whole path."""
+    from rnnreg.reporting import data
+
+    monkeypatch.setattr(data, "PROJECT_ROOT", tmp_path / "repo")
+    runs = tmp_path / "repo" / "results" / "runs"
+    fake_run(runs, "compare_a_s1", variant="zaremba", seed=1, val=120.0, test=115.0)
+    fake_run(runs, "compare_b_s1", variant="gal", seed=1, val=130.0, test=0.0, status="running")
+    markdown = build_report(runs, tmp_path / "out")
+    report = read_report(markdown.with_suffix(".csv"))
+    assert report[("zaremba", "standard")]["best_run"] == "results/runs/compare_a_s1"
+    assert "| `results/runs/compare_b_s1` |" in markdown.read_text()
+    assert str(tmp_path) not in markdown.read_text()
+    assert data.shown_path(tmp_path / "x") == str(tmp_path / "x")

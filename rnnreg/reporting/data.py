@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from rnnreg import RnnregError
+from rnnreg import PROJECT_ROOT, RnnregError
 from rnnreg.config.schema import (
     GROUPS,
     evaluation_settings,
@@ -277,6 +277,15 @@ def label_value(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
+def shown_path(path: Path) -> str:
+    """``path`` as a report writes it: relative to the repository when inside it, so that a
+    tracked report (``make compare-report``) reads the same from any checkout; else whole."""
+    try:
+        return str(path.relative_to(PROJECT_ROOT))
+    except ValueError:
+        return str(path)
+
+
 def find_runs(outputs: Path, match: str = "*") -> list[Run]:
     """Every directory under ``outputs`` holding a readable summary.json, whose name
     matches the glob ``match`` (``compare_*``: the comparison's rows in the ledger)."""
@@ -519,7 +528,7 @@ def summarise(group: Group, published: list[dict[str, str]]) -> dict[str, Any]:
         "reference": None,
         "test_minus_reference": None,
         "p_holm": None,
-        "best_run": str(best.path),
+        "best_run": shown_path(best.path),
         "best_val": best.summary.get(f"val_ppl{suffix}" if suffix else "best_val_ppl"),
         "best_test": best.summary.get(f"test_ppl{suffix}"),
         "tokens_per_s": statistics.fmean(rates) if rates else None,

@@ -19,6 +19,7 @@ from rnnreg.reporting.data import (
     budget_note,
     pooled_bins,
     row_name,
+    shown_path,
 )
 from rnnreg.reporting.lua_validation import val_cell
 from rnnreg.reporting.significance import Comparison, sentence
@@ -167,7 +168,7 @@ def write_markdown(
                 f"| {status} | {s.get('dataset')} | {s.get('model')} | "
                 f"{run.variant_label} | {s.get('seed')} | "
                 f"{s.get('epochs')} / {s.get('epochs_planned', '?')} | {s.get('steps', '')} | "
-                f"{_fmt(s.get('best_val_ppl'))} | `{run.path}` |"
+                f"{_fmt(s.get('best_val_ppl'))} | `{shown_path(run.path)}` |"
             )
     lines += sections or []
     if figures:
