@@ -7,7 +7,12 @@ import json
 from pathlib import Path
 
 from rnnreg.reporting.data import find_runs, group_runs
-from rnnreg.reporting.equal_time import equal_time_rows, equal_time_section
+from rnnreg.reporting.equal_time import (
+    equal_time_curves,
+    equal_time_rows,
+    equal_time_section,
+    plot_equal_time,
+)
 from tests.test_report import fake_run
 
 
@@ -115,3 +120,31 @@ def test_each_machine_gets_its_own_table_of_the_runs_trained_wholly_on_it(
     assert xeon_rows["gal_tied"]["best_val_within"] == 140.0  # by T = 200 s: epoch 1 only
     epyc_rows = {row["name"]: row for row in by_machine[epyc]}
     assert epyc_rows["gal_tied"]["best_val_within"] == 141.0 and epyc_rows["zaremba"]["runs"] == 1
+
+
+def test_each_table_has_its_figure_of_perplexity_against_training_time(tmp_path: Path) -> None:
+    """The curves behind the figure: each run's (hours, val ppl) per epoch, by configuration,
+    with T; one PNG per machine's table, none for a setting of one configuration."""
+    xeon, epyc = "Intel(R) Xeon(R) Processor, 2 thread(s)", "AMD EPYC 7B13, 2 thread(s)"
+    runs = tmp_path / "runs"
+    _timed(runs, "z1", "zaremba", 1, [(360, 150), (720, 130)], machines=[xeon])
+    _timed(runs, "z2", "zaremba", 2, [(720, 149), (1080, 128)], machines=[xeon])
+    _timed(runs, "g1", "gal", 1, [(1800, 140), (3600, 120)], machines=[xeon])
+    _timed(runs, "z3", "zaremba", 3, [(300, 150), (600, 131)], machines=[epyc])
+    _timed(runs, "g3", "gal", 3, [(400, 141), (800, 119)], machines=[epyc])
+    groups = group_runs(find_runs(runs))
+    found = {machine: value for (_, machine), value in equal_time_curves(groups).items()}
+    assert set(found) == {xeon, epyc}
+    fastest, curves = found[xeon]
+    assert fastest == 0.2  # z1's 720 s
+    assert curves["zaremba"] == [[(0.1, 150), (0.2, 130)], [(0.2, 149), (0.3, 128)]]
+    assert curves["gal_tied"] == [[(0.5, 140), (1.0, 120)]]
+    figures = plot_equal_time(groups, tmp_path / "figures")
+    assert sorted(path.name for path in figures) == [
+        "equal_time_ptb-small-3-epochs-fp32-amd-epyc-7b13-2-thread-s.png",
+        "equal_time_ptb-small-3-epochs-fp32-intel-r-xeon-r-processor-2-thread-s.png",
+    ]
+    assert all(path.read_bytes()[:4] == b"\x89PNG" for path in figures)
+    alone = tmp_path / "alone"
+    _timed(alone, "z1", "zaremba", 1, [(360, 150)], machines=[xeon])
+    assert plot_equal_time(group_runs(find_runs(alone)), tmp_path / "none") == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 
@@ -13,3 +14,14 @@ def plain_log_ticks(axis: Any) -> None:
     plain = FuncFormatter(lambda value, _: f"{value:.0f}")
     axis.set_major_formatter(plain)
     axis.set_minor_formatter(plain)
+
+
+def save_figure(fig: Any, path: Path) -> Path:
+    """Lay out, write (PNG, 110 dpi; its folder made) and close ``fig``; return ``path``."""
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

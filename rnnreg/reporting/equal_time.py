@@ -10,16 +10,19 @@ tokens/s and wall time, its mean best validation perplexity, and its mean best v
 perplexity over the epochs that ended by T. Only runs trained wholly on one CPU or GPU
 model at one thread count (``summary.json``'s ``machines``) are set side by side: one table
 per machine on which two or more configurations trained; otherwise the section says why
-not.
+not. Each table has its figure: validation perplexity against training wall time.
 """
 
 from __future__ import annotations
 
 import math
+import re
 import statistics
+from pathlib import Path
 from typing import Any
 
 from rnnreg.records.provenance import machine_label, machines_text
+from rnnreg.reporting.axes import plain_log_ticks, save_figure
 from rnnreg.reporting.data import Group, Run, setting_of
 
 Row = dict[str, Any]
@@ -58,28 +61,33 @@ def _mean(values: list[float]) -> float | None:
     return statistics.fmean(values) if values else None
 
 
-def equal_time_rows(groups: list[Group]) -> dict[tuple, tuple[str, list[Row]]]:
-    """Per setting and machine on which two or more configurations trained: (the machine and
-    T, the rows). A setting with none such has one entry that says why not."""
+def _by_setting(groups: list[Group]) -> dict[tuple, list[Group]]:
+    """The standard-evaluation groups of each setting that has two or more."""
     by_setting: dict[tuple, list[Group]] = {}
     for group in groups:
         if group.key.evaluation == "standard" and group.runs:
             by_setting.setdefault(setting_of(group.key), []).append(group)
+    return {setting: members for setting, members in by_setting.items() if len(members) > 1}
+
+
+def equal_time_rows(groups: list[Group]) -> dict[tuple, tuple[str, list[Row]]]:
+    """Per setting and machine on which two or more configurations trained: (the machine and
+    T, the rows). A setting with none such has one entry that says why not."""
     found = {}
-    for setting, members in sorted(by_setting.items()):
-        if len(members) < 2:
-            continue
-        tables = _machine_tables(members)
+    for setting, members in sorted(_by_setting(groups).items()):
+        tables = machine_runs(members)
         if not tables:
             found[(setting, "")] = (_why_not(members), [])
-        for machine, (fastest, rows) in sorted(tables.items()):
+        for machine, configurations in sorted(tables.items()):
+            fastest = _fastest(configurations)
+            rows = [_row(name, runs, fastest) for name, runs in configurations.items()]
             found[(setting, machine)] = (f"{machine}; T = {fastest / 3600:.2f} h", rows)
     return found
 
 
-def _machine_tables(members: list[Group]) -> dict[str, tuple[float, list[Row]]]:
+def machine_runs(members: list[Group]) -> dict[str, dict[str, list[Run]]]:
     """For each machine (and thread count) on which two or more configurations have runs
-    trained wholly on it: T, its fastest run's wall time, and each configuration's row."""
+    trained wholly on it: those runs by configuration."""
     by_machine: dict[str, dict[str, list[Run]]] = {}
     for group in members:
         for run in group.runs:
@@ -87,14 +95,12 @@ def _machine_tables(members: list[Group]) -> dict[str, tuple[float, list[Row]]]:
             one_machine = len(run.summary.get("machines") or ()) <= 1
             if _epochs(run) and machine is not None and one_machine:
                 by_machine.setdefault(machine, {}).setdefault(group.name, []).append(run)
-    tables = {}
-    for machine, configurations in by_machine.items():
-        if len(configurations) < 2:
-            continue
-        fastest = min(_epochs(run)[-1][0] for runs in configurations.values() for run in runs)
-        rows = [_row(name, runs, fastest) for name, runs in configurations.items()]
-        tables[machine] = (fastest, rows)
-    return tables
+    return {machine: found for machine, found in by_machine.items() if len(found) > 1}
+
+
+def _fastest(configurations: dict[str, list[Run]]) -> float:
+    """T: the shortest training wall time (last ``elapsed_s``) among the runs."""
+    return min(_epochs(run)[-1][0] for runs in configurations.values() for run in runs)
 
 
 def _why_not(members: list[Group]) -> str:
@@ -161,3 +167,51 @@ def equal_time_section(groups: list[Group]) -> list[str]:
                 f"{best} | {within} |"
             )
     return lines
+
+
+Curve = list[tuple[float, float]]
+
+
+def equal_time_curves(groups: list[Group]) -> dict[tuple, tuple[float, dict[str, list[Curve]]]]:
+    """Per setting and machine of the view's tables: (T in hours, each configuration's runs
+    as (training hours, validation perplexity) at each epoch's end)."""
+    found = {}
+    for setting, members in sorted(_by_setting(groups).items()):
+        for machine, configurations in sorted(machine_runs(members).items()):
+            curves = {
+                name: [[(t / 3600, v) for t, v in _epochs(run)] for run in runs]
+                for name, runs in sorted(configurations.items())
+            }
+            found[(setting, machine)] = (_fastest(configurations) / 3600, curves)
+    return found
+
+
+def plot_equal_time(groups: list[Group], out: Path) -> list[Path]:
+    """One figure per table of the view: :func:`equal_time_curves`, a colour per
+    configuration, T dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    for (setting, machine), (fastest, curves) in equal_time_curves(groups).items():
+        dataset, model, budget, _, _, precision = setting
+        fig, ax = plt.subplots(figsize=(9, 4.5))
+        for index, (name, runs) in enumerate(curves.items()):
+            for number, curve in enumerate(runs):
+                count = f"{len(runs)} run{'s' if len(runs) > 1 else ''}"
+                label = f"{name} ({count})" if number == 0 else None
+                hours, ppl = zip(*curve, strict=True)
+                ax.plot(hours, ppl, marker="o", markersize=3, color=f"C{index % 10}", label=label)
+        ax.axvline(fastest, linestyle="--", color="grey", label=f"T = {fastest:.2f} h")
+        title = f"{dataset} / {model} / {budget} / {precision}: {machine}"
+        ax.set(xlabel="training wall time (h)", ylabel="validation perplexity", yscale="log")
+        ax.set(title=title)
+        plain_log_ticks(ax.yaxis)
+        ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
+        slug = re.sub(
+            r"[^a-z0-9]+", "-", f"{dataset} {model} {budget} {precision} {machine}".lower()
+        )
+        written.append(save_figure(fig, out / f"equal_time_{slug.strip('-')}.png"))
+    return written

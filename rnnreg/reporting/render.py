@@ -10,7 +10,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from rnnreg.reporting.axes import plain_log_ticks
+from rnnreg.reporting.axes import plain_log_ticks, save_figure
 from rnnreg.reporting.data import (
     REPORT_COLUMNS,
     Group,
@@ -239,7 +239,7 @@ def plot_reliability(groups: list[Group], out: Path) -> list[Path]:
         fig.suptitle(_wrap(title, 100), fontsize=9)
         evaluated = hashlib.sha1(group.key.evaluated.encode()).hexdigest()[:4]
         slug = "_".join((group.key[0], group.key[1], group.key[2], group.key[6][:8], evaluated))
-        written.append(_save(fig, out / f"reliability_{slug}.png"))
+        written.append(save_figure(fig, out / f"reliability_{slug}.png"))
     return written
 
 
@@ -250,15 +250,6 @@ PANELS = (("standard", "test", "test_ece"), ("MC dropout", "test_mc", "test_ece_
 def _wrap(text: str, width: int = 40) -> str:
     """A label on lines of at most ``width`` characters (a group's settings can be long)."""
     return textwrap.fill(text, width, break_long_words=False)
-
-
-def _save(fig: Any, path: Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
 
 
 def plot_figures(groups: list[Group], rows: list[dict[str, Any]], out: Path) -> list[Path]:
@@ -305,7 +296,7 @@ def plot_figures(groups: list[Group], rows: list[dict[str, Any]], out: Path) -> 
         plain_log_ticks(ax.yaxis)
         ax.tick_params(axis="y", which="minor", labelsize=7)
         ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))  # off the curves
-        written.append(_save(fig, out / f"val_curve_{dataset}_{model}.png"))
+        written.append(save_figure(fig, out / f"val_curve_{dataset}_{model}.png"))
 
         bars = [
             r
@@ -315,7 +306,7 @@ def plot_figures(groups: list[Group], rows: list[dict[str, Any]], out: Path) -> 
         fig, ax = plt.subplots(figsize=(max(7.0, 1.3 * len(bars)), 4.5))
         draw_test_points(ax, bars)
         ax.set(ylabel="test perplexity", title=f"{dataset} / {model}: test perplexity")
-        written.append(_save(fig, out / f"test_{dataset}_{model}.png"))
+        written.append(save_figure(fig, out / f"test_{dataset}_{model}.png"))
     return written + plot_reliability(groups, out)
 
 

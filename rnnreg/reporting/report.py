@@ -27,7 +27,7 @@ from rnnreg.reporting.data import (
     published_for,
     summarise,
 )
-from rnnreg.reporting.equal_time import equal_time_section
+from rnnreg.reporting.equal_time import equal_time_section, plot_equal_time
 from rnnreg.reporting.render import plot_figures, write_csv, write_markdown
 from rnnreg.reporting.tuning import tuning_section
 
@@ -59,6 +59,7 @@ def build_report(
     comparisons = compare_groups(groups, rows, reference)
     others = [run for run in runs if run.status != "completed"]
     figures = plot_figures(groups, rows, out_dir / "figures") if groups else []
+    figures += plot_equal_time(groups, out_dir / "figures")
     tuning, tuning_figures = tuning_section(outputs, out_dir / "figures", reference)
     write_csv(rows, out_dir / "report.csv")
     markdown = out_dir / "report.md"

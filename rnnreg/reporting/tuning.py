@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from rnnreg.config.schema import outcome_settings
-from rnnreg.reporting.axes import plain_log_ticks
+from rnnreg.reporting.axes import plain_log_ticks, save_figure
 from rnnreg.reporting.data import Run, budget_note
 from rnnreg.reporting.significance import compare_to_reference, mean_interval
 
@@ -225,11 +225,7 @@ def plot_trials(root: Path, study: dict[str, Any], path: Path) -> Path:
     ax.set(title=f"{root.name}: trials (hollow: pruned)")
     if ax.get_legend_handles_labels()[0]:  # a study with no finished trial draws none
         ax.legend(fontsize=8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def _log_keys(variant: str) -> set[str]:
@@ -275,8 +271,4 @@ def plot_tuned_values(root: Path, study: dict[str, Any], path: Path) -> Path:
     for ax in list(axes.flat)[len(keys) :]:
         ax.axis("off")
     fig.suptitle(f"{root.name}: values tried (hollow: pruned; star: best)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
