@@ -82,10 +82,12 @@ def test_two_job_joblib_multirun_gives_two_summaries_and_a_report(
     assert "| 15 steps | standard | fp32 | 2 (1 2) |" in markdown
 
 
+@pytest.mark.filterwarnings("error::UserWarning")  # figures whose long labels fit them
 def test_a_rate_sweep_over_two_seeds_is_two_report_rows(
     tiny_data: Path, tmp_path: Path, python: str
 ) -> None:
-    """The sweep a new user runs first: two rates of one variant, two seeds each."""
+    """The sweep a new user runs first: two rates of one variant, two seeds each; its report,
+    labels of every setting changed included, draws without a layout warning."""
     sweep = tmp_path / "sweep"
     env = dict(os.environ, RNNREG_DATA_DIR=str(tiny_data), RNNREG_CACHE_DIR=str(tmp_path / "c"))
     launch = [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -25,3 +26,8 @@ def save_figure(fig: Any, path: Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def wrap_label(text: str, width: int = 40) -> str:
+    """A label on lines of at most ``width`` characters (a group's settings can be long)."""
+    return textwrap.fill(text, width, break_long_words=False)

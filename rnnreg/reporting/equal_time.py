@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from rnnreg.records.provenance import machine_label, machines_text
-from rnnreg.reporting.axes import plain_log_ticks, save_figure
+from rnnreg.reporting.axes import plain_log_ticks, save_figure, wrap_label
 from rnnreg.reporting.data import Group, Run, setting_of
 
 Row = dict[str, Any]
@@ -201,7 +201,7 @@ def plot_equal_time(groups: list[Group], out: Path) -> list[Path]:
         for index, (name, runs) in enumerate(curves.items()):
             for number, curve in enumerate(runs):
                 count = f"{len(runs)} run{'s' if len(runs) > 1 else ''}"
-                label = f"{name} ({count})" if number == 0 else None
+                label = wrap_label(f"{name} ({count})") if number == 0 else None
                 hours, ppl = zip(*curve, strict=True)
                 ax.plot(hours, ppl, marker="o", markersize=3, color=f"C{index % 10}", label=label)
         ax.axvline(fastest, linestyle="--", color="grey", label=f"T = {fastest:.2f} h")

@@ -5,12 +5,11 @@ from __future__ import annotations
 import csv
 import hashlib
 import statistics
-import textwrap
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from rnnreg.reporting.axes import plain_log_ticks, save_figure
+from rnnreg.reporting.axes import plain_log_ticks, save_figure, wrap_label
 from rnnreg.reporting.data import (
     REPORT_COLUMNS,
     Group,
@@ -236,7 +235,7 @@ def plot_reliability(groups: list[Group], out: Path) -> list[Path]:
             ax.set(ylabel="accuracy", title=f"{evaluation}: {ece}")
             ax.legend(fontsize=7, loc="upper left")
         title = f"{group.key[0]} / {group.key[1]} / {group.name} ({group.key[3]}): test"
-        fig.suptitle(_wrap(title, 100), fontsize=9)
+        fig.suptitle(wrap_label(title, 100), fontsize=9)
         evaluated = hashlib.sha1(group.key.evaluated.encode()).hexdigest()[:4]
         slug = "_".join((group.key[0], group.key[1], group.key[2], group.key[6][:8], evaluated))
         written.append(save_figure(fig, out / f"reliability_{slug}.png"))
@@ -245,11 +244,6 @@ def plot_reliability(groups: list[Group], out: Path) -> list[Path]:
 
 #: The reliability diagram's panels: (title, summary bins, the runs' ECE in summary.json).
 PANELS = (("standard", "test", "test_ece"), ("MC dropout", "test_mc", "test_ece_mc"))
-
-
-def _wrap(text: str, width: int = 40) -> str:
-    """A label on lines of at most ``width`` characters (a group's settings can be long)."""
-    return textwrap.fill(text, width, break_long_words=False)
 
 
 def plot_figures(groups: list[Group], rows: list[dict[str, Any]], out: Path) -> list[Path]:
@@ -279,7 +273,7 @@ def plot_figures(groups: list[Group], rows: list[dict[str, Any]], out: Path) -> 
             means = [statistics.fmean(by_epoch[e]) for e in epochs]
             lows = [min(by_epoch[e]) for e in epochs]
             highs = [max(by_epoch[e]) for e in epochs]
-            label = _wrap(f"{group.name} ({group.key[3]})")
+            label = wrap_label(f"{group.name} ({group.key[3]})")
             if len(epochs) == 1:  # one epoch: a marker with its min–max bar
                 spread = [[means[0] - lows[0]], [highs[0] - means[0]]]
                 ax.errorbar(epochs, means, yerr=spread, fmt="o", capsize=4, label=label)
@@ -347,7 +341,7 @@ def draw_test_points(ax: Any, rows: list[dict[str, Any]]) -> None:
     paper = [(x + 0.1, r["paper_test"]) for x, r in zip(xs, rows, strict=True) if r["paper_test"]]
     if paper:
         ax.plot(*zip(*paper, strict=True), "s", label="paper (after its full training protocol)")
-    labels = [f"{_wrap(row_name(r), 24)}\n{r['budget']}\n{eval_cell(r)}" for r in rows]
+    labels = [f"{wrap_label(row_name(r), 24)}\n{r['budget']}\n{eval_cell(r)}" for r in rows]
     ax.set_xticks(xs, labels, fontsize=7)
     ax.set_xlim(-0.5, len(rows) - 0.5)
     ax.legend(fontsize=8)
