@@ -650,3 +650,53 @@ def test_runs_inside_the_repository_are_shown_relative_to_it(
     assert "| `results/runs/compare_b_s1` |" in markdown.read_text()
     assert str(tmp_path) not in markdown.read_text()
     assert data.shown_path(tmp_path / "x") == str(tmp_path / "x")
+
+
+def test_gru_rows_are_compared_with_the_gru_reference_and_holm_counts_per_cell(
+    tmp_path: Path,
+) -> None:
+    """--reference zaremba: LSTM gal against zaremba, GRU gal against gru:zaremba (never
+    against an LSTM), each cell its own Holm family, so the one tested comparison per cell
+    keeps Welch's own p-value; without a GRU zaremba, GRU rows are compared with nothing."""
+    import shutil
+
+    from scipy import stats
+
+    lstm = {"trainer": {"epochs": 3, "max_steps": None}}
+    gru = {**lstm, "model": {"cell": "gru"}}
+    tests = {
+        ("zaremba", "l"): (110.0, 112.0),
+        ("gal", "l"): (100.0, 103.0),
+        ("zaremba", "g"): (150.0, 151.0),
+        ("gal", "g"): (140.0, 144.0),
+    }
+    for (variant, cell), values in tests.items():
+        for seed, test in enumerate(values, 1):
+            fake_run(
+                tmp_path / "outputs",
+                f"{cell}{variant}{seed}",
+                variant=variant,
+                seed=seed,
+                val=test + 2,
+                test=test,
+                config=gru if cell == "g" else lstm,
+            )
+    fake_run(tmp_path / "outputs", "gnone", variant="none", seed=1, val=190, test=180, config=gru)
+    markdown = build_report(tmp_path / "outputs", tmp_path / "out", reference="zaremba")
+    rows = read_report(markdown.with_suffix(".csv"))
+    gal, gru_gal = rows[("gal_tied", "standard")], rows[("gru:gal_tied", "standard")]
+    assert gal["reference"] == "zaremba" and float(gal["test_minus_reference"]) == -9.5
+    assert gru_gal["reference"] == "gru:zaremba" and gru_gal["settings"] == ""
+    assert float(gru_gal["test_minus_reference"]) == -8.5
+    for row, (variant, cell) in ((gal, ("gal", "l")), (gru_gal, ("gal", "g"))):
+        p = stats.ttest_ind(tests[(variant, cell)], tests[("zaremba", cell)], equal_var=False)
+        assert float(row["p_holm"]) == pytest.approx(p.pvalue, rel=1e-6)
+    assert rows[("gru:none", "standard")]["reference"] == "gru:zaremba"
+    assert "fp32: against `zaremba` and `gru:zaremba`" in markdown.read_text()
+    for seed in (1, 2):
+        shutil.rmtree(tmp_path / "outputs" / f"gzaremba{seed}")
+    rows = read_report(
+        build_report(tmp_path / "outputs", tmp_path / "out", "zaremba").with_suffix(".csv")
+    )
+    assert rows[("gru:gal_tied", "standard")]["reference"] == ""
+    assert rows[("gal_tied", "standard")]["reference"] == "zaremba"

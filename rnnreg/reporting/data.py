@@ -52,8 +52,9 @@ class Key(NamedTuple):
     evaluated: str = ""
 
 
-#: Outcome settings a label leaves out: the budget column shows them.
-BUDGET_SETTINGS = ("trainer.epochs", "trainer.max_steps")
+#: Outcome settings a label leaves out: the budget column shows them, and the variant's
+#: name the cell (``gru:gal_tied``, :attr:`Run.variant_label`).
+SHOWN_ELSEWHERE = ("trainer.epochs", "trainer.max_steps", "model.cell")
 
 
 #: The calibration columns (eval.uncertainty; rnnreg/evaluation/uncertainty.py), the
@@ -234,7 +235,7 @@ class Run:
         return ", ".join(
             f"{key}={label_value(value)}"
             for key, value in sorted(self.training.items())
-            if key in theirs and theirs[key] != value and key not in BUDGET_SETTINGS
+            if key in theirs and theirs[key] != value and key not in SHOWN_ELSEWHERE
         )
 
     def metrics(self) -> list[dict[str, str]]:
@@ -564,6 +565,19 @@ def setting_of(key: Key) -> Setting:
     return (key.dataset, key.model, key.budget, key.evaluation, key.evaluated, key.precision)
 
 
+def cell_of(name: str) -> str:
+    """The cell of a report variant or group name: ``gru`` for ``gru:gal_tied``
+    (:attr:`Run.variant_label`), else ``lstm``."""
+    return name.split(":", 1)[0] if ":" in name.split(" (", 1)[0] else "lstm"
+
+
+def in_cell(reference: str, cell: str) -> str:
+    """``reference`` among the rows of ``cell``: ``--reference zaremba`` names the LSTM's
+    zaremba and, among GRU rows, ``gru:zaremba``; a cell prefix given is replaced."""
+    bare = reference.split(":", 1)[1] if cell_of(reference) != "lstm" else reference
+    return bare if cell == "lstm" else f"{cell}:{bare}"
+
+
 def resolve_reference(variants: dict[str, str], reference: str) -> str | None:
     """The group (name -> variant, one setting) that ``reference`` names: a group's own
     name, else the one group of that variant, else that variant's group at its preset
@@ -576,24 +590,33 @@ def resolve_reference(variants: dict[str, str], reference: str) -> str | None:
     return reference if reference in named else None
 
 
+def _families(groups: list[Group]) -> dict[tuple[Setting, str], dict[str, Group]]:
+    """The groups compared together: one setting, one cell (name -> group)."""
+    families: dict[tuple[Setting, str], dict[str, Group]] = defaultdict(dict)
+    for group in groups:
+        families[(setting_of(group.key), cell_of(group.key.variant))][group.name] = group
+    return families
+
+
 def compare_groups(
     groups: list[Group], rows: list[dict[str, Any]], reference: str
 ) -> dict[Setting, list[Comparison]]:
     """Welch + Holm of every group against ``reference`` (a variant, found by variant, or
-    a group's name: ``zaremba (variant.p_input=0.2)``) within each setting; the rows gain
-    ``reference``, ``test_minus_reference`` and ``p_holm``. One logged line when the
-    reference is in no setting."""
-    values: dict[Setting, dict[str, list[float]]] = defaultdict(dict)
-    variants: dict[Setting, dict[str, str]] = defaultdict(dict)
-    for group in groups:
-        values[setting_of(group.key)][group.name] = group.values("test_ppl")
-        variants[setting_of(group.key)][group.name] = group.key.variant
-    comparisons = {}
-    for setting, by_name in sorted(values.items()):
-        found = resolve_reference(variants[setting], reference)
-        if found is not None and (compared := compare_to_reference(by_name, found)):
-            comparisons[setting] = compared
-    if groups and not any(resolve_reference(names, reference) for names in variants.values()):
+    a group's name: ``zaremba (variant.p_input=0.2)``) within each setting and cell: GRU
+    rows against the GRU's ``reference`` (:func:`in_cell`), never against an LSTM, and
+    Holm over each cell's comparisons. The rows gain ``reference``,
+    ``test_minus_reference`` and ``p_holm``. One logged line when the reference is in no
+    setting."""
+    comparisons: dict[Setting, list[Comparison]] = defaultdict(list)
+    families = _families(groups)
+    for setting, cell in sorted(families, key=lambda k: (k[0], k[1] != "lstm", k[1])):
+        family = families[(setting, cell)]
+        variants = {name: group.key.variant for name, group in family.items()}
+        found = resolve_reference(variants, in_cell(reference, cell))
+        values = {name: group.values("test_ppl") for name, group in family.items()}
+        if found is not None:
+            comparisons[setting] += compare_to_reference(values, found)
+    if groups and not comparisons:
         present = sorted({group.key.variant for group in groups})
         log.warning(
             "reference %r is in no setting of the report, nothing compared; --reference one of: %s",
@@ -613,7 +636,7 @@ def compare_groups(
             if c.variant == row_name(row):
                 row["reference"], row["test_minus_reference"] = c.reference, c.difference
                 row["p_holm"] = c.p_holm
-    return comparisons
+    return {setting: found for setting, found in comparisons.items() if found}
 
 
 @functools.cache

@@ -110,8 +110,9 @@ def write_markdown(
         "",
         "Finished runs, mean ± sample standard deviation over seeds, and the 95% interval "
         "of the mean test perplexity (t interval; bootstrap from 10 seeds). `vs ref`: the "
-        "difference in mean test perplexity to the reference variant, with Welch's p-value "
-        "corrected by Holm's method over the variants of the setting; `†` marks p < 0.05. "
+        "difference in mean test perplexity to the reference variant of the same cell "
+        "(GRU rows to `gru:<reference>`), with Welch's p-value corrected by Holm's method "
+        "over the variants of the setting and cell; `†` marks p < 0.05. "
         "`*` marks a published number of low confidence (quoted from memory; verify). "
         "A variant's settings in parentheses are what its trained configuration changed "
         "from its preset; an evaluation's settings in parentheses (`mc (K=100)`) make "
@@ -141,10 +142,10 @@ def write_markdown(
     for setting, found in (comparisons or {}).items():
         dataset, model, budget, evaluation, evaluated, precision = setting
         evaluation += f" ({evaluated})" if evaluated else ""
+        references = " and ".join(f"`{name}`" for name in dict.fromkeys(c.reference for c in found))
         lines += [
             "",
-            f"## {dataset} / {model} / {budget} / {evaluation} / {precision}: against "
-            f"`{found[0].reference}`",
+            f"## {dataset} / {model} / {budget} / {evaluation} / {precision}: against {references}",
             "",
         ]
         note = budget_note(model, budget)

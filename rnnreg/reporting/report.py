@@ -92,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--reference",
         default="none",
-        help="the variant every other is compared with (default: none)",
+        help="the variant every other of its cell is compared with (GRU rows: gru:<it>; "
+        "default: none)",
     )
     args = parser.parse_args(argv)
     try:
