@@ -32,9 +32,12 @@ LEDGER_ROWS := zaremba_medium "gal_medium_untied eval.mc_samples=100" \
 LEDGER_DIR ?= $(OUTPUTS_ROOT)/ledger
 # The small-size comparison of LSTM and GRU cells and of the two-pass objectives (docs/protocols.md,
 # "Objectives"): the small preset's 13 epochs, one run at a time, each resumed from its checkpoint.
+# A row is a variant and its overrides, on experiment=zaremba_small unless it names its own
+# (the GRU's, conf/experiment/zaremba_small_gru.yaml: its learning rate).
 COMPARE_ROWS := zaremba "zaremba objective=fd" "zaremba objective=eld" gal "gal objective=fd" \
-	"none model.cell=gru" "zaremba model.cell=gru" "gal model.cell=gru" \
-	"semeniuta model.cell=gru" "zoneout model.cell=gru variant.zoneout_cell=0"
+	"none experiment=zaremba_small_gru" "zaremba experiment=zaremba_small_gru" \
+	"gal experiment=zaremba_small_gru" "semeniuta experiment=zaremba_small_gru" \
+	"zoneout experiment=zaremba_small_gru variant.zoneout_cell=0"
 COMPARE_SEEDS ?= 1,2,3
 COMPARE_DIR ?= $(OUTPUTS_ROOT)/compare-small
 COMPARE_THREADS ?= 2
@@ -163,7 +166,8 @@ compare-small: $(STAMP) ## LSTM vs GRU, plain vs fd/eld on the small preset (13 
 		if grep -qs '"status": "completed"' results/runs/compare_$$name.json; then \
 			echo "$$name: completed in results/runs, skipped"; continue; fi; \
 		$(PY) -m rnnreg.ledger where compare_$$name $$dir --target compare-small; \
-		rc=0; $(PY) -m rnnreg.train experiment=zaremba_small variant=$$1 "$${@:2}" seed=$$seed \
+		experiment=experiment=zaremba_small; case " $$* " in *" experiment="*) experiment=;; esac; \
+		rc=0; $(PY) -m rnnreg.train $$experiment variant=$$1 "$${@:2}" seed=$$seed \
 			trainer.threads=$(COMPARE_THREADS) trainer.auto_resume=true trainer.progress=log \
 			$(COMPARE_ARGS) hydra.run.dir=$$dir || rc=$$?; \
 		if [ -f $$dir/summary.json ]; then \

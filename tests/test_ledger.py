@@ -339,3 +339,31 @@ def test_make_compare_small_skips_rows_the_ledger_holds_and_names_its_own_folder
     lines = where("compare_zaremba_s1", tmp_path / "x", results, target="compare-small")
     assert "make compare-small (the same COMPARE_DIR" in lines[0]
     assert "which is gone" in lines[1] and "LEDGER_DIR" not in "".join(lines)
+
+
+def test_every_compare_row_composes_its_own_preset_once(tmp_path: Path) -> None:
+    """The recipe passes experiment=zaremba_small unless a row names its own: LSTM rows at
+    lr 1, GRU rows on zaremba_small_gru (model.cell=gru, lr 0.5), never two experiments."""
+    import subprocess
+
+    from rnnreg.reporting.data import composed_config
+
+    repo = Path(__file__).resolve().parent.parent
+    shown = subprocess.run(
+        ["make", "-s", "compare-small", "PY=echo", "STAMP=", "COMPARE_SEEDS=99"]
+        + [f"COMPARE_DIR={tmp_path}"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    trains = [line.split()[2:] for line in shown.splitlines() if "-m rnnreg.train" in line]
+    assert len(trains) == 10
+    cells = []
+    for words in trains:
+        assert sum(word.startswith("experiment=") for word in words) == 1, words
+        launched = tuple(w for w in words if not w.startswith(("trainer.", "hydra.", "seed=")))
+        config = composed_config(launched)
+        assert config is not None and config["trainer"]["epochs"] == 13
+        cells.append((config["model"]["cell"], config["optim"]["lr"]))
+    assert cells == [("lstm", 1.0)] * 5 + [("gru", 0.5)] * 5
