@@ -73,6 +73,7 @@ def test_verdicts_and_differences() -> None:
     assert verdict([2.9, 0.0], "low", None) == "within 3%"
     assert verdict([5.0, None], "high", "schedule") == "outside 2%: schedule"
     assert verdict([None, None], "", None) == "no published number"
+    assert verdict([None, None], "", "timing") == "no published number: timing"
 
 
 def test_record_and_table(tmp_path: Path) -> None:

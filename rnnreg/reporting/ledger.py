@@ -258,10 +258,12 @@ def difference(ours: float | None, paper: float | None) -> float | None:
 
 
 def verdict(diffs: list[float | None], confidence: str, note: str | None) -> str:
+    """Within the band of the paper's confidence, or outside it and why (``note``); a row
+    without a published number keeps its note too."""
     band = BAND.get(confidence, DEFAULT_BAND)
     measured = [d for d in diffs if d is not None]
     if not measured:
-        return "no published number"
+        return f"no published number: {note}" if note else "no published number"
     if all(abs(d) <= band for d in measured):
         return f"within {band:g}%"
     return f"outside {band:g}%: {note}" if note else f"outside {band:g}%: cause not yet found"
@@ -442,7 +444,11 @@ def main(argv: list[str] | None = None) -> int:
     rec = sub.add_parser("record", help="copy a run directory's results into results/runs/")
     rec.add_argument("run_dir", type=Path)
     rec.add_argument("--name", help="the entry's name (default: the run directory's name)")
-    rec.add_argument("--note", help="why the row differs from the paper (kept on re-record)")
+    rec.add_argument(
+        "--note",
+        help="why the row differs from the paper, or what a reader of a row without one "
+        "must know (kept on re-record)",
+    )
     rec.add_argument("--stopped", help="why a partial run stopped (make ledger-runs: exit N)")
     sub.add_parser("table", help="write results/README.md from results/runs/*.json")
     at = sub.add_parser("where", help="where a row's run lives, how to resume it, if it is gone")
